@@ -1,0 +1,71 @@
+// kv-proxy: parse flags, start the proxy, print the banner, stop cleanly on signals.
+import { Command } from 'commander';
+import { startProxy } from '../proxy/proxy.js';
+import { createLogger } from '../common/logger.js';
+import { DEFAULT_LIMITS } from '../common/limits.js';
+import { DEFAULT_VNODES } from '../common/ring.js';
+import { VERSION } from '../common/version.js';
+import { onShutdownSignal, parseBytes, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
+
+const program = strict(new Command('kv-proxy'))
+  .description('The gateway: routes keys over a consistent-hash ring and moves data on ADD/REMOVE.')
+  .version(VERSION)
+  .option('--port <port>', 'TCP port for clients', (v) => parsePort(v, true), 8000)
+  .option('--host <addr>', 'address to listen on (loopback unless you mean otherwise)', '127.0.0.1')
+  .option('--dir <path>', 'directory for the ring state file ring_<port>.json', '.')
+  .option('--vnodes <n>', 'virtual nodes per storage node (fixed once the ring has members)', parsePositiveInt(65536), DEFAULT_VNODES)
+  .option('--password <pw>', 'require AUTH <pw> from clients')
+  .option('--node-password <pw>', 'password for the storage nodes (default: --password)')
+  .option('--max-clients <n>', 'most client connections at once', parsePositiveInt(1_000_000), 10_000)
+  .option('--connect-timeout <ms>', 'give up connecting to a node after this long', parsePositiveInt(600_000), 1000)
+  .option('--request-timeout <ms>', 'drop a node connection that leaves a request unanswered this long', parsePositiveInt(3_600_000), 5000)
+  .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
+  .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
+  .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
+  .option('--log-level <level>', 'fatal | error | warn | info | debug | trace | silent', parseLogLevel, 'info')
+  .parse();
+
+const opts = program.opts<{
+  port: number;
+  host: string;
+  dir: string;
+  vnodes: number;
+  password?: string;
+  nodePassword?: string;
+  maxClients: number;
+  connectTimeout: number;
+  requestTimeout: number;
+  maxLine: number;
+  maxBulk: number;
+  maxArgs: number;
+  logLevel: string;
+}>();
+const vnodesGiven = program.getOptionValueSource('vnodes') === 'cli';
+
+const log = createLogger('kv-proxy', opts.logLevel);
+try {
+  const proxy = await startProxy({
+    port: opts.port,
+    host: opts.host,
+    dir: opts.dir,
+    vnodes: vnodesGiven ? opts.vnodes : undefined,
+    password: opts.password,
+    nodePassword: opts.nodePassword,
+    maxClients: opts.maxClients,
+    connectTimeoutMs: opts.connectTimeout,
+    requestTimeoutMs: opts.requestTimeout,
+    limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
+    logger: log,
+  });
+  console.log(`--- KV Proxy/Gateway running on Port ${proxy.port} ---`);
+  onShutdownSignal(async (signal) => {
+    log.info({ signal }, 'shutting down');
+    await proxy.close();
+    log.flush();
+  });
+} catch (err) {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EADDRINUSE') console.error(`kv-proxy: port ${opts.port} on ${opts.host} is already in use.`);
+  else console.error(`kv-proxy: ${(err as Error).message}`);
+  process.exit(1);
+}

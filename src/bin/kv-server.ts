@@ -1,0 +1,82 @@
+// kv-server <port>: parse flags, start the server, print the banner, stop cleanly on signals.
+import { Command } from 'commander';
+import { startServer } from '../server/server.js';
+import { FSYNC_POLICIES, WalCorruptionError, type FsyncPolicy } from '../server/wal.js';
+import { repairLog } from '../server/wal-repair.js';
+import { createLogger } from '../common/logger.js';
+import { DEFAULT_LIMITS } from '../common/limits.js';
+import { VERSION } from '../common/version.js';
+import { onShutdownSignal, parseBytes, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
+import path from 'node:path';
+
+const program = strict(new Command('kv-server'))
+  .description('Storage node: sharded in-memory map with an fsync\'d write-ahead log (wal_<port>.log).')
+  .version(VERSION)
+  .argument('<port>', 'TCP port to listen on (1-65535)', (v) => parsePort(v))
+  .option('--host <addr>', 'address to listen on (loopback unless you mean otherwise)', '127.0.0.1')
+  .option('--dir <path>', 'data directory for wal_<port>.log', '.')
+  .option('--shards <n>', 'number of in-memory shards (a power of two)', parsePositiveInt(4096), 16)
+  .option('--password <pw>', 'require AUTH <pw> before serving anything but AUTH, PING, QUIT')
+  .option('--fsync <policy>', 'when to fsync the WAL: always | everysec | no', parseChoice(FSYNC_POLICIES), 'always' as FsyncPolicy)
+  .option('--max-clients <n>', 'most client connections at once', parsePositiveInt(1_000_000), 10_000)
+  .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
+  .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
+  .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
+  .option('--repair', 'cut the WAL back at its first damaged record (keeping a .broken backup), then exit')
+  .option('--log-level <level>', 'fatal | error | warn | info | debug | trace | silent', parseLogLevel, 'info')
+  .parse();
+
+const port = program.processedArgs[0] as number;
+const opts = program.opts<{
+  host: string;
+  dir: string;
+  shards: number;
+  password?: string;
+  fsync: FsyncPolicy;
+  maxClients: number;
+  maxLine: number;
+  maxBulk: number;
+  maxArgs: number;
+  repair?: boolean;
+  logLevel: string;
+}>();
+
+if ((opts.shards & (opts.shards - 1)) !== 0) program.error(`error: option '--shards <n>' argument '${opts.shards}' must be a power of two.`);
+
+if (opts.repair) {
+  const file = path.join(path.resolve(opts.dir), `wal_${port}.log`);
+  const report = repairLog(file);
+  console.log(report.message);
+  process.exit(report.ok ? 0 : 1);
+}
+
+const log = createLogger('kv-server', opts.logLevel);
+try {
+  const server = await startServer({
+    port,
+    host: opts.host,
+    dir: opts.dir,
+    shards: opts.shards,
+    password: opts.password,
+    fsync: opts.fsync,
+    maxClients: opts.maxClients,
+    limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
+    logger: log,
+  });
+  console.log(`--- Persistent Server Port ${server.port} (WAL: ${path.basename(server.walFile)}) ---`);
+  onShutdownSignal(async (signal) => {
+    log.info({ signal }, 'shutting down: draining pending writes');
+    await server.close();
+    log.flush();
+  });
+} catch (err) {
+  if (err instanceof WalCorruptionError) {
+    console.error(`kv-server: ${err.message}`);
+    process.exit(2);
+  }
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EADDRINUSE') console.error(`kv-server: port ${port} on ${opts.host} is already in use.`);
+  else if (code === 'EACCES') console.error(`kv-server: permission denied binding ${opts.host}:${port}.`);
+  else console.error(`kv-server: ${(err as Error).message}`);
+  process.exit(1);
+}

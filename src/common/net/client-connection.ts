@@ -1,0 +1,353 @@
+// One client connection, shared by kv-server and kv-proxy: the only code that reads client
+// sockets. It decodes requests, applies the rules every command shares (unknown command,
+// arity, AUTH/NOAUTH, QUIT), hands the rest to an executor, and writes replies in request order,
+// in the framing each request used (text or RESP).
+//
+// Replies are collected per event-loop turn and leave in one socket write. An executor may
+// answer later (the proxy waits for a backend); such replies take a slot in an ordered queue.
+// A server also holds replies until the WAL group they depend on is durable: see OutputGate.
+import type { Socket } from 'node:net';
+import { RequestDecoder, Decode } from '../protocol/request-decoder.js';
+import { ByteSink } from '../protocol/byte-sink.js';
+import { writeRespReply } from '../protocol/resp.js';
+import { writeTextReply, type TextStyle } from '../protocol/text.js';
+import { error, OK, type Reply } from '../protocol/reply.js';
+import { arityError, hasFlag, lookupCommand, TEXT_REST, type CommandSpec } from '../commands/table.js';
+import { CommandError } from '../errors.js';
+import type { Limits } from '../limits.js';
+import type { PasswordCheck } from '../auth.js';
+
+/** Returned by an executor that will answer later through `conn.complete(slot, reply)`. */
+export const LATER = Symbol('later');
+/**
+ * Like LATER, and the connection runs nothing else until this reply is in. For commands whose
+ * effects later requests on the same connection must observe, but which are not a single
+ * FIFO-ordered backend request: ADD/REMOVE, and multi-step operations on moving keys.
+ */
+export const LATER_EXCLUSIVE = Symbol('later-exclusive');
+export type Answer = Reply | typeof LATER | typeof LATER_EXCLUSIVE;
+
+export interface Executor {
+  /** Which commands this process serves; anything else is an unknown command. */
+  serves(spec: CommandSpec): boolean;
+  execute(conn: ClientConnection, spec: CommandSpec, args: Buffer[], slot: number): Answer;
+}
+
+/**
+ * Lets a server hold replies until the WAL group they may depend on is settled. Replies made
+ * while a group is pending wait for it (reads too, so no client ever sees data that could still
+ * vanish in a crash). On a failed group, the held replies become errors.
+ */
+export interface OutputGate {
+  /** Epoch that replies produced now depend on; 0 or a settled epoch means "send now". */
+  pendingEpoch(): number;
+  settledEpoch(): number;
+  /** Call `conn.settle()` as epochs settle, for as long as `conn.waitingEpoch` is non-zero. */
+  watch(conn: ClientConnection): void;
+}
+
+export interface ConnectionOptions {
+  limits: Limits;
+  executor: Executor;
+  password?: PasswordCheck | undefined;
+  gate?: OutputGate | undefined;
+  /** Stop reading from a client whose unread replies exceed this (backpressure). */
+  pauseOutputBytes?: number;
+  /** Disconnect a client whose unread replies exceed this. */
+  maxOutputBytes?: number;
+  onClose?: (conn: ClientConnection) => void;
+  onCommand?: () => void;
+}
+
+interface Slot {
+  resp: boolean;
+  style: TextStyle;
+  reply: Reply | undefined;
+  exclusive: boolean;
+}
+
+interface HeldOutput {
+  epoch: number;
+  bytes: Buffer;
+  /** Framing of each reply in `bytes`, to rewrite them as errors if the group fails. */
+  modes: boolean[];
+}
+
+let nextId = 1;
+
+export class ClientConnection {
+  readonly id = nextId++;
+  readonly connectedAt = Date.now();
+  authenticated: boolean;
+  name = '';
+  commands = 0;
+  private readonly decoder: RequestDecoder;
+  private readonly sink = new ByteSink(4096);
+  /** Framing of each reply currently in `sink`, in order. */
+  private sinkModes: boolean[] = [];
+  /** Replies not yet in `sink` because an earlier one is still outstanding. */
+  private readonly slots: Slot[] = [];
+  private slotBase = 0;
+  private held: HeldOutput[] = [];
+  private quitting = false;
+  private closed = false;
+  private processing = false;
+  private paused = false;
+  /** An exclusive request is outstanding: decode nothing further until it completes. */
+  private blocked = false;
+  /** Slot of the request being executed right now, and its reply if it completed synchronously. */
+  private executingSlot = -1;
+  private syncReply: Reply | undefined;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly options: ConnectionOptions,
+  ) {
+    this.authenticated = options.password === undefined;
+    this.decoder = new RequestDecoder({ limits: options.limits, textRest: TEXT_REST });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.onDrain());
+    // The listener runs with allowHalfOpen: a client that sends its requests and then shuts
+    // down its side (`nc -q1`, `printf ... | nc`) still gets every reply, including those held
+    // for an fsync or a backend. We end our side once the last reply is out.
+    socket.on('end', () => {
+      this.quitting = true;
+      this.maybeEnd();
+    });
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      this.closed = true;
+      options.onClose?.(this);
+    });
+  }
+
+  get remoteAddress(): string {
+    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? 0}`;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.quitting || this.closed) return;
+    this.decoder.push(chunk);
+    this.processing = true;
+    try {
+      this.drainRequests();
+    } finally {
+      this.processing = false;
+    }
+    this.flush();
+  }
+
+  private drainRequests(): void {
+    const decoder = this.decoder;
+    while (!this.quitting && !this.blocked) {
+      const status = decoder.next();
+      if (status === Decode.NeedMore) return;
+      if (status === Decode.Request) {
+        this.handle(decoder.args, decoder.resp);
+        continue;
+      }
+      // Error keeps the stream (a too-long text line was skipped); Fatal ends it.
+      this.reply(error(decoder.error), decoder.resp, 'plain');
+      if (status === Decode.Fatal) {
+        this.quitting = true;
+        return;
+      }
+    }
+  }
+
+  private handle(args: Buffer[], resp: boolean): void {
+    this.commands++;
+    this.options.onCommand?.();
+    const spec = lookupCommand(args[0]!);
+    if (spec === undefined || !this.options.executor.serves(spec)) {
+      this.reply(error(`ERR unknown command '${printableName(args[0]!)}'`), resp, 'plain');
+      return;
+    }
+    const style = spec.text;
+    const bad = arityError(spec, args.length);
+    if (bad !== undefined) {
+      this.reply(error(bad), resp, style);
+      return;
+    }
+    if (spec.name === 'quit') {
+      this.reply(OK, resp, 'plain');
+      this.quitting = true;
+      return;
+    }
+    if (spec.name === 'auth') {
+      this.reply(this.auth(args), resp, 'plain');
+      return;
+    }
+    if (!this.authenticated && !hasFlag(spec, 'noauth')) {
+      this.reply(error('NOAUTH Authentication required.'), resp, style);
+      return;
+    }
+    const slot = this.slotBase + this.slots.length;
+    let answer: Answer;
+    this.executingSlot = slot;
+    try {
+      answer = this.options.executor.execute(this, spec, args, slot);
+    } catch (err) {
+      answer = err instanceof CommandError ? error(err.reply) : error(`ERR internal error: ${(err as Error).message}`);
+    } finally {
+      this.executingSlot = -1;
+    }
+    if (answer !== LATER && answer !== LATER_EXCLUSIVE) {
+      this.reply(answer, resp, style);
+    } else if (this.syncReply !== undefined) {
+      // The executor completed the slot before returning (e.g. a node known to be down).
+      const reply = this.syncReply;
+      this.syncReply = undefined;
+      this.reply(reply, resp, style);
+    } else {
+      const exclusive = answer === LATER_EXCLUSIVE;
+      this.slots.push({ resp, style, reply: undefined, exclusive });
+      if (exclusive) this.blocked = true;
+    }
+  }
+
+  private auth(args: Buffer[]): Reply {
+    const password = this.options.password;
+    // AUTH <password> or AUTH <username> <password> (Redis 6 form; the username is ignored).
+    const candidate = args[args.length - 1]!;
+    if (args.length > 3) return error("ERR wrong number of arguments for 'auth' command");
+    if (password === undefined) return error('ERR AUTH called without any password configured for the default user. Are you sure your configuration is correct?');
+    if (!password.matches(candidate)) return error('WRONGPASS invalid username-password pair or user is disabled.');
+    this.authenticated = true;
+    return OK;
+  }
+
+  /** Queue a reply in order: straight into the sink when nothing is outstanding. */
+  private reply(reply: Reply, resp: boolean, style: TextStyle): void {
+    if (this.slots.length > 0) {
+      this.slots.push({ resp, style, reply, exclusive: false });
+      return;
+    }
+    this.slotBase++;
+    this.encode(reply, resp, style);
+  }
+
+  private encode(reply: Reply, resp: boolean, style: TextStyle): void {
+    if (resp) writeRespReply(this.sink, reply);
+    else writeTextReply(this.sink, reply, style);
+    this.sinkModes.push(resp);
+  }
+
+  /** Fill a slot handed out by an executor that answered LATER. */
+  complete(slot: number, reply: Reply): void {
+    if (slot === this.executingSlot) {
+      this.syncReply = reply;
+      return;
+    }
+    const index = slot - this.slotBase;
+    const entry = this.slots[index];
+    if (entry === undefined || entry.reply !== undefined) return;
+    entry.reply = reply;
+    if (entry.exclusive) this.blocked = false;
+    if (index === 0) {
+      let n = 0;
+      while (n < this.slots.length && this.slots[n]!.reply !== undefined) {
+        const s = this.slots[n]!;
+        this.encode(s.reply!, s.resp, s.style);
+        n++;
+      }
+      this.slots.splice(0, n);
+      this.slotBase += n;
+    }
+    if (this.processing) return;
+    if (entry.exclusive && !this.closed) {
+      // Resume the requests that queued up behind the exclusive one.
+      this.processing = true;
+      try {
+        this.drainRequests();
+      } finally {
+        this.processing = false;
+      }
+    }
+    this.flush();
+  }
+
+  /** Send what the sink holds, unless a pending WAL group makes us hold it. */
+  private flush(): void {
+    if (this.closed) return;
+    if (this.sink.length > 0) {
+      const gate = this.options.gate;
+      const epoch = gate === undefined ? 0 : gate.pendingEpoch();
+      if (this.held.length > 0 || (gate !== undefined && epoch > gate.settledEpoch())) {
+        this.held.push({ epoch, bytes: this.sink.take(), modes: this.sinkModes });
+        this.sinkModes = [];
+        gate!.watch(this);
+      } else {
+        this.write(this.sink.take());
+        this.sinkModes = [];
+      }
+    }
+    this.maybeEnd();
+  }
+
+  /** The gate settled `epoch`: send held output up to it (as errors if its group failed). */
+  settle(epoch: number, failure?: string): void {
+    let n = 0;
+    const out: Buffer[] = [];
+    for (const h of this.held) {
+      if (h.epoch > epoch) break;
+      out.push(failure === undefined ? h.bytes : errorsFor(h.modes, failure));
+      n++;
+    }
+    if (n === 0) return;
+    this.held.splice(0, n);
+    this.write(out.length === 1 ? out[0]! : Buffer.concat(out));
+    this.maybeEnd();
+  }
+
+  get waitingEpoch(): number {
+    return this.held.length > 0 ? this.held[0]!.epoch : 0;
+  }
+
+  private write(bytes: Buffer): void {
+    if (this.closed) return;
+    const socket = this.socket;
+    socket.write(bytes);
+    const pending = socket.writableLength;
+    if (pending > (this.options.maxOutputBytes ?? 64 * 1024 * 1024)) {
+      // A client that never reads its replies: cut it off rather than buffer without bound.
+      socket.destroy();
+      return;
+    }
+    if (!this.paused && pending > (this.options.pauseOutputBytes ?? 1024 * 1024)) {
+      this.paused = true;
+      socket.pause();
+    }
+  }
+
+  private onDrain(): void {
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  private maybeEnd(): void {
+    if (this.quitting && this.slots.length === 0 && this.held.length === 0 && this.sink.length === 0 && !this.closed) {
+      this.socket.end();
+    }
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+function errorsFor(modes: boolean[], message: string): Buffer {
+  return Buffer.from(modes.map((resp) => (resp ? `-${message}\r\n` : `${message}\n`)).join(''), 'latin1');
+}
+
+function printableName(name: Buffer): string {
+  const text = name.subarray(0, 64).toString('latin1');
+  return text.replace(/[^\x20-\x7e]/g, '?');
+}

@@ -1,0 +1,284 @@
+// One persistent, pipelined RESP connection from the proxy to a kv-server.
+//
+// Requests are queued in a FIFO and written once per event-loop turn; replies come back in the
+// same order, so the FIFO says whom each reply is for. A reply goes either to a client
+// connection's reply slot (the hot path: no closure per request) or to a callback (migration,
+// fan-out). When the connection fails, every outstanding request gets
+// `ERR node <host:port> unavailable` and the node is marked down; the next request after a
+// backoff reconnects. A request that sees no reply within `requestTimeoutMs` (a hung node)
+// tears the connection down the same way.
+import net from 'node:net';
+import { encodeRespRequest, ReplyDecoder, writeRespRequest } from '../common/protocol/resp.js';
+import { ByteSink } from '../common/protocol/byte-sink.js';
+import { error, type Reply } from '../common/protocol/reply.js';
+import type { Logger } from '../common/logger.js';
+
+export type ReplyCallback = (reply: Reply) => void;
+
+/** Anything that can take a reply into a numbered slot (ClientConnection does). */
+export interface SlotTarget {
+  complete(slot: number, reply: Reply): void;
+}
+
+export type Health = 'up' | 'down' | 'connecting' | 'idle';
+
+export interface BackendOptions {
+  password?: string | undefined;
+  connectTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  logger: Logger;
+}
+
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 2000;
+
+export class Backend {
+  readonly host: string;
+  readonly port: number;
+  health: Health = 'idle';
+  lastError = '';
+  private socket: net.Socket | undefined;
+  private connected = false;
+  private decoder = new ReplyDecoder();
+  private readonly out = new ByteSink(16 * 1024);
+  private flushScheduled = false;
+  /** FIFO of whom each outstanding request's reply is for. */
+  private targets: (SlotTarget | ReplyCallback | null)[] = [];
+  private slots: number[] = [];
+  private sentAt: number[] = [];
+  private head = 0;
+  private backoffMs = BACKOFF_MIN_MS;
+  private retryAt = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private awaitingAuth = false;
+  requests = 0;
+
+  constructor(
+    readonly address: string,
+    private readonly options: BackendOptions,
+  ) {
+    const i = address.lastIndexOf(':');
+    this.host = address.slice(0, i);
+    this.port = Number(address.slice(i + 1));
+  }
+
+  get outstanding(): number {
+    return this.targets.length - this.head;
+  }
+
+  private get unavailable(): string {
+    return `ERR node ${this.address} unavailable${this.lastError ? ` (${this.lastError})` : ''}`;
+  }
+
+  /** Send a request whose reply fills `slot` of `target`. */
+  sendToSlot(args: readonly (Buffer | string)[], target: SlotTarget, slot: number): void {
+    if (!this.ready()) {
+      target.complete(slot, error(this.unavailable));
+      return;
+    }
+    this.enqueue(args, target, slot);
+  }
+
+  /** Send a request and get its reply through a callback. */
+  send(args: readonly (Buffer | string)[], callback: ReplyCallback): void {
+    if (!this.ready()) {
+      callback(error(this.unavailable));
+      return;
+    }
+    this.enqueue(args, callback, 0);
+  }
+
+  /** Promise form, for the migration and admin paths (not the request hot path). */
+  call(args: readonly (Buffer | string)[]): Promise<Reply> {
+    return new Promise((resolve) => this.send(args, resolve));
+  }
+
+  private enqueue(args: readonly (Buffer | string)[], target: SlotTarget | ReplyCallback, slot: number): void {
+    this.requests++;
+    writeRespRequest(this.out, args);
+    this.targets.push(target);
+    this.slots.push(slot);
+    this.sentAt.push(performance.now());
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.out.length === 0) return;
+    if (!this.connected) return; // written on connect
+    this.socket!.write(this.out.take());
+  }
+
+  /** True if requests can be queued now (connected, or a connection attempt is under way). */
+  private ready(): boolean {
+    if (this.closed) return false;
+    if (this.socket !== undefined) return true;
+    if (performance.now() < this.retryAt) return false;
+    this.connect();
+    return true;
+  }
+
+  private connect(): void {
+    const { connectTimeoutMs = 1000, requestTimeoutMs = 5000, password } = this.options;
+    this.health = 'connecting';
+    this.decoder = new ReplyDecoder();
+    const socket = net.connect({ host: this.host, port: this.port, noDelay: true });
+    this.socket = socket;
+    socket.setTimeout(connectTimeoutMs, () => socket.destroy(new Error(`connect timeout after ${connectTimeoutMs} ms`)));
+    // With a node password, AUTH is the first thing on the wire; its reply is consumed before
+    // the FIFO (see onData), so queued requests keep their order behind it.
+    this.awaitingAuth = password !== undefined && password !== '';
+    socket.on('connect', () => {
+      socket.setTimeout(0);
+      this.connected = true;
+      this.health = 'up';
+      this.backoffMs = BACKOFF_MIN_MS;
+      this.lastError = '';
+      this.options.logger.info({ node: this.address }, 'connected to node');
+      const auth = this.awaitingAuth ? encodeRespRequest(['AUTH', password!]) : undefined;
+      const queued = this.out.take();
+      if (auth !== undefined || queued.length > 0) socket.write(auth === undefined ? queued : Buffer.concat([auth, queued]));
+    });
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => {
+      this.lastError = (err as NodeJS.ErrnoException).code ?? err.message;
+    });
+    socket.on('close', () => this.onClose(socket));
+    this.timer ??= setInterval(() => this.checkTimeouts(requestTimeoutMs), Math.min(250, requestTimeoutMs));
+    this.timer.unref();
+  }
+
+  private onData(chunk: Buffer): void {
+    this.decoder.push(chunk);
+    for (;;) {
+      let reply: Reply | undefined;
+      try {
+        reply = this.decoder.next();
+      } catch (err) {
+        this.lastError = `protocol error: ${(err as Error).message}`;
+        this.socket?.destroy();
+        return;
+      }
+      if (reply === undefined) break;
+      if (this.awaitingAuth) {
+        this.awaitingAuth = false;
+        if (reply.type === 'error') {
+          this.lastError = `node refused our password: ${reply.message}`;
+          this.socket?.destroy();
+          return;
+        }
+        continue;
+      }
+      if (this.head >= this.targets.length) {
+        this.lastError = 'unexpected reply';
+        this.socket?.destroy();
+        return;
+      }
+      const target = this.targets[this.head]!;
+      const slot = this.slots[this.head]!;
+      this.targets[this.head] = null;
+      this.head++;
+      if (typeof target === 'function') target(reply);
+      else target.complete(slot, reply);
+    }
+    this.compact();
+  }
+
+  private compact(): void {
+    if (this.head === this.targets.length) {
+      this.targets = [];
+      this.slots = [];
+      this.sentAt = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.targets.length) {
+      this.targets = this.targets.slice(this.head);
+      this.slots = this.slots.slice(this.head);
+      this.sentAt = this.sentAt.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  private checkTimeouts(requestTimeoutMs: number): void {
+    if (this.head >= this.sentAt.length || this.socket === undefined) return;
+    const age = performance.now() - this.sentAt[this.head]!;
+    if (age > requestTimeoutMs) {
+      this.lastError = `no reply within ${requestTimeoutMs} ms`;
+      this.options.logger.warn({ node: this.address, ms: Math.round(age) }, 'node stopped answering; dropping connection');
+      this.socket.destroy();
+    }
+  }
+
+  private onClose(socket: net.Socket): void {
+    if (this.socket !== socket) return;
+    const wasUp = this.connected;
+    this.socket = undefined;
+    this.connected = false;
+    this.health = this.closed ? 'idle' : 'down';
+    if (!this.lastError) this.lastError = 'connection closed';
+    if (wasUp) this.options.logger.warn({ node: this.address, reason: this.lastError }, 'lost connection to node');
+    // Fail everything outstanding (sent or not): the caller decides whether to retry.
+    this.out.take();
+    const targets = this.targets;
+    const slots = this.slots;
+    const head = this.head;
+    this.targets = [];
+    this.slots = [];
+    this.sentAt = [];
+    this.head = 0;
+    const failure = error(this.unavailable);
+    for (let i = head; i < targets.length; i++) {
+      const t = targets[i]!;
+      if (typeof t === 'function') t(failure);
+      else t.complete(slots[i]!, failure);
+    }
+    this.retryAt = performance.now() + this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+  }
+
+  /** Connect now if not connected, and report whether the node answers PING. */
+  async probe(): Promise<boolean> {
+    this.retryAt = 0;
+    const reply = await this.call(['PING']);
+    return reply.type === 'simple' && reply.value === 'PONG';
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.socket?.destroy();
+  }
+}
+
+/** The proxy's connections, one per node address. */
+export class BackendPool {
+  private readonly backends = new Map<string, Backend>();
+
+  constructor(private readonly options: BackendOptions) {}
+
+  get(address: string): Backend {
+    let b = this.backends.get(address);
+    if (b === undefined) {
+      b = new Backend(address, this.options);
+      this.backends.set(address, b);
+    }
+    return b;
+  }
+
+  drop(address: string): void {
+    this.backends.get(address)?.close();
+    this.backends.delete(address);
+  }
+
+  all(): Backend[] {
+    return [...this.backends.values()];
+  }
+
+  close(): void {
+    for (const b of this.backends.values()) b.close();
+    this.backends.clear();
+  }
+}

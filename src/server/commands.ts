@@ -1,0 +1,122 @@
+// What a kv-server does for each command it serves. Generic rules (arity, AUTH, QUIT) were
+// already applied by ClientConnection; handlers parse their arguments and touch the store
+// only through DurableStore, so every change reaches the WAL.
+import type { CommandName } from '../common/commands/table.js';
+import { ArgCursor } from '../common/commands/cursor.js';
+import { clientReply, commandReply, configReply, helpReply, selectReply } from '../common/commands/introspection.js';
+import { array, bulk, error, int, NIL, OK, PONG, simple, type Reply } from '../common/protocol/reply.js';
+import { CommandError } from '../common/errors.js';
+import type { HashRange } from '../common/ring.js';
+import type { ClientConnection } from '../common/net/client-connection.js';
+import type { ServerState } from './server.js';
+
+type Handler = (state: ServerState, args: Buffer[], conn: ClientConnection) => Reply;
+type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | 'nodes' | 'migration'>;
+
+const key = (arg: Buffer): string => arg.toString('latin1');
+
+export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
+  ping: (_s, args) => (args.length > 1 ? bulk(args[1]!) : PONG),
+
+  set(s, args) {
+    s.data.set(key(args[1]!), key(args[2]!));
+    return OK;
+  },
+
+  get(s, args) {
+    const value = s.data.store.get(key(args[1]!));
+    return value === undefined ? NIL : bulk(Buffer.from(value, 'latin1'));
+  },
+
+  del(s, args) {
+    let n = 0;
+    for (let i = 1; i < args.length; i++) if (s.data.delete(key(args[i]!))) n++;
+    return int(n);
+  },
+
+  exists(s, args) {
+    let n = 0;
+    for (let i = 1; i < args.length; i++) if (s.data.store.has(key(args[i]!))) n++;
+    return int(n);
+  },
+
+  mget(s, args) {
+    const items: Reply[] = [];
+    for (let i = 1; i < args.length; i++) {
+      const value = s.data.store.get(key(args[i]!));
+      items.push(value === undefined ? NIL : bulk(Buffer.from(value, 'latin1')));
+    }
+    return array(items);
+  },
+
+  mset(s, args) {
+    for (let i = 1; i < args.length; i += 2) s.data.set(key(args[i]!), key(args[i + 1]!));
+    return OK;
+  },
+
+  dbsize: (s) => int(s.data.store.size),
+  info: (s, args) => bulk(Buffer.from(s.info(args[1]?.toString('latin1')))),
+  command: (_s, args) => commandReply(args, 'server'),
+  config: (s, args) => configReply(args, s.configSettings()),
+  select: (_s, args) => selectReply(args),
+  client: (_s, args, conn) => clientReply(args, conn),
+  help: (_s, args) => helpReply(args, 'server'),
+
+  nodeinfo: (s) => array([bulk('kvstore-server'), bulk(s.version), int(s.data.store.size), int(s.data.store.tombstoneCount)]),
+
+  /**
+   * RANGEDUMP <token> <count> [start end ...]: with ranges, start a dump; without, continue it.
+   * Reply: [done, scanned, key1, value1, key2, value2, ...].
+   */
+  rangedump(s, args) {
+    const cursor = new ArgCursor(args, 'rangedump');
+    const token = cursor.text();
+    const count = cursor.uint(100_000);
+    let ranges: HashRange[] | undefined;
+    if (cursor.remaining > 0) {
+      if (cursor.remaining % 2 !== 0) throw new CommandError('ERR RANGEDUMP ranges come in start/end pairs');
+      ranges = [];
+      while (cursor.remaining > 0) ranges.push({ start: cursor.uint(0xffffffff), end: cursor.uint(0xffffffff) });
+    }
+    cursor.finish();
+    const batch = s.dumps.next(token, count, ranges);
+    if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
+    const items: Reply[] = [int(batch.done ? 1 : 0), int(batch.scanned)];
+    for (let i = 0; i < batch.keys.length; i++) {
+      items.push(bulk(Buffer.from(batch.keys[i]!, 'latin1')), bulk(Buffer.from(batch.values[i]!, 'latin1')));
+    }
+    return array(items);
+  },
+
+  import(s, args) {
+    if ((args.length - 1) % 2 !== 0) return error("ERR wrong number of arguments for 'import' command");
+    let n = 0;
+    for (let i = 1; i < args.length; i += 2) if (s.data.importIfAbsent(key(args[i]!), key(args[i + 1]!))) n++;
+    return int(n);
+  },
+
+  xget(s, args) {
+    const k = key(args[1]!);
+    const value = s.data.store.get(k);
+    if (value !== undefined) return bulk(Buffer.from(value, 'latin1'));
+    return s.data.store.isTombstoned(k) ? int(0) : NIL;
+  },
+
+  deltomb(s, args) {
+    let n = 0;
+    for (let i = 1; i < args.length; i++) if (s.data.tombstone(key(args[i]!))) n++;
+    return int(n);
+  },
+
+  cleartombs(s) {
+    s.data.clearTombstones();
+    return OK;
+  },
+
+  reset(s) {
+    s.dumps.clear();
+    s.data.reset();
+    s.log.warn('reset: all data and the WAL were dropped (node removed from the cluster)');
+    return simple('OK');
+  },
+};

@@ -1,0 +1,132 @@
+// The store plus its WAL: every mutation is applied in memory, appended to the current group,
+// and remembered for undo until its group is durable. This is the only way data changes on a
+// server, so the WAL can never miss a write.
+import { ShardedStore } from './store.js';
+import { RecordType } from './wal-format.js';
+import type { WriteAheadLog } from './wal.js';
+
+/** What a record did to one key, so a failed group can be rolled back in reverse order. */
+interface UndoEntry {
+  epoch: number;
+  key: string;
+  before: string | undefined;
+  wasTombstoned: boolean;
+}
+
+export class DurableStore {
+  private undo: UndoEntry[] = [];
+  private undoHead = 0;
+  wal!: WriteAheadLog;
+
+  constructor(readonly store: ShardedStore) {}
+
+  /** Replay one WAL record into memory (no WAL append, no undo). */
+  replay(type: RecordType, key: string, value: string): void {
+    const store = this.store;
+    switch (type) {
+      case RecordType.Set:
+        store.set(key, value);
+        return;
+      case RecordType.Delete:
+        store.delete(key);
+        return;
+      case RecordType.Tombstone:
+        store.tombstone(key);
+        return;
+      case RecordType.ClearTombstones:
+        store.clearTombstones();
+        return;
+      case RecordType.Commit:
+        return;
+    }
+  }
+
+  private remember(epoch: number, key: string, before: string | undefined, wasTombstoned: boolean): void {
+    this.undo.push({ epoch, key, before, wasTombstoned });
+  }
+
+  set(key: string, value: string): number {
+    const wasTombstoned = this.store.isTombstoned(key);
+    const before = this.store.set(key, value);
+    const epoch = this.wal.append(RecordType.Set, key, value);
+    this.remember(epoch, key, before, wasTombstoned);
+    return epoch;
+  }
+
+  /** Returns true when the key existed. */
+  delete(key: string): boolean {
+    const before = this.store.delete(key);
+    if (before === undefined) return false;
+    const epoch = this.wal.append(RecordType.Delete, key);
+    this.remember(epoch, key, before, false);
+    return true;
+  }
+
+  /** Delete and leave a tombstone (always logged, even when the key was absent). */
+  tombstone(key: string): boolean {
+    const wasTombstoned = this.store.isTombstoned(key);
+    const before = this.store.tombstone(key);
+    const epoch = this.wal.append(RecordType.Tombstone, key);
+    this.remember(epoch, key, before, wasTombstoned);
+    return before !== undefined;
+  }
+
+  /** Insert only if the key is absent and not tombstoned: a migrating copy never overwrites newer data. */
+  importIfAbsent(key: string, value: string): boolean {
+    if (this.store.has(key) || this.store.isTombstoned(key)) return false;
+    this.set(key, value);
+    return true;
+  }
+
+  clearTombstones(): void {
+    if (this.store.tombstoneCount === 0) return;
+    this.store.clearTombstones();
+    this.wal.append(RecordType.ClearTombstones, '');
+    // Not undoable: tombstones only block stale imports, and the move they guarded is over.
+  }
+
+  /** Drop all data and start an empty log. Not undoable; a failed reset reports ERR and is retried. */
+  reset(): number {
+    this.store.clear();
+    this.undo = [];
+    this.undoHead = 0;
+    return this.wal.reset();
+  }
+
+  /** Called when groups up to `epoch` are durable: their undo entries are no longer needed. */
+  settled(epoch: number): void {
+    const undo = this.undo;
+    let head = this.undoHead;
+    while (head < undo.length && undo[head]!.epoch <= epoch) head++;
+    if (head === undo.length) {
+      this.undo = [];
+      this.undoHead = 0;
+    } else if (head > 4096 && head > undo.length / 2) {
+      this.undo = undo.slice(head);
+      this.undoHead = 0;
+    } else {
+      this.undoHead = head;
+    }
+  }
+
+  /** Groups up to `epoch` failed to reach the disk: put memory back as it was before them. */
+  rollBack(epoch: number): number {
+    const undo = this.undo;
+    let undone = 0;
+    while (undo.length > this.undoHead) {
+      const entry = undo[undo.length - 1]!;
+      if (entry.epoch > epoch) break;
+      undo.pop();
+      if (entry.before !== undefined) {
+        this.store.set(entry.key, entry.before); // a live key is never tombstoned
+      } else if (entry.wasTombstoned) {
+        this.store.tombstone(entry.key);
+      } else {
+        this.store.delete(entry.key);
+        this.store.untombstone(entry.key);
+      }
+      undone++;
+    }
+    return undone;
+  }
+}

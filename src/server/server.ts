@@ -1,0 +1,257 @@
+// kv-server: accept loop, WAL replay at boot, durability gate for replies, phased shutdown.
+import net from 'node:net';
+import path from 'node:path';
+import fs from 'node:fs';
+import { ShardedStore } from './store.js';
+import { DurableStore } from './durable-store.js';
+import { WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
+import { RangeDumps } from './range-dump.js';
+import { SERVER_COMMANDS } from './commands.js';
+import { ClientConnection, type Executor, type OutputGate } from '../common/net/client-connection.js';
+import { servesOn, renderInfo } from '../common/commands/introspection.js';
+import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
+import { PasswordCheck } from '../common/auth.js';
+import { silentLogger, type Logger } from '../common/logger.js';
+import { VERSION } from '../common/version.js';
+import type { CommandSpec } from '../common/commands/table.js';
+import { error } from '../common/protocol/reply.js';
+
+export interface ServerOptions {
+  /** 0 picks a free port; the WAL is then named after the port actually bound. */
+  port: number;
+  host?: string;
+  /** Data directory for wal_<port>.log (default: current directory). */
+  dir?: string;
+  shards?: number;
+  password?: string | undefined;
+  fsync?: FsyncPolicy;
+  limits?: Limits;
+  maxClients?: number;
+  logger?: Logger;
+}
+
+export interface ServerHandle {
+  readonly port: number;
+  readonly host: string;
+  readonly walFile: string;
+  readonly replay: ReplayStats;
+  readonly state: ServerState;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_MAX_CLIENTS = 10_000;
+
+/** Everything a command handler may touch. */
+export class ServerState implements OutputGate {
+  readonly version = VERSION;
+  readonly dumps: RangeDumps;
+  readonly startedAt = Date.now();
+  readonly clients = new Set<ClientConnection>();
+  totalConnections = 0;
+  totalCommands = 0;
+  opsPerSec = 0;
+  private readonly waiting = new Set<ClientConnection>();
+  replay: ReplayStats | undefined;
+
+  constructor(
+    readonly data: DurableStore,
+    readonly log: Logger,
+    readonly options: Required<Pick<ServerOptions, 'port' | 'host' | 'dir' | 'fsync' | 'maxClients'>>,
+  ) {
+    this.dumps = new RangeDumps(data.store);
+  }
+
+  pendingEpoch(): number {
+    return this.data.wal.lastEpoch;
+  }
+
+  settledEpoch(): number {
+    return this.data.wal.settledEpoch;
+  }
+
+  watch(conn: ClientConnection): void {
+    this.waiting.add(conn);
+  }
+
+  /** WAL callback: groups up to `epoch` are durable, or failed with `failure`. */
+  settle(epoch: number, failure?: string): void {
+    const list = [...this.waiting];
+    this.waiting.clear();
+    for (const conn of list) {
+      conn.settle(epoch, failure);
+      if (conn.waitingEpoch > 0 && !conn.isClosed) this.waiting.add(conn);
+    }
+  }
+
+  configSettings(): Record<string, string> {
+    return {
+      appendonly: 'yes',
+      appendfsync: this.options.fsync,
+      save: '',
+      port: String(this.options.port),
+      bind: this.options.host,
+      dir: this.options.dir,
+      maxclients: String(this.options.maxClients),
+      databases: '1',
+    };
+  }
+
+  info(section?: string): string {
+    const wal = this.data.wal;
+    const mem = process.memoryUsage();
+    return renderInfo(
+      {
+        Server: {
+          kvstore_version: this.version,
+          redis_version: '7.0.0-compatible',
+          role: 'kv-server',
+          process_id: process.pid,
+          tcp_port: this.options.port,
+          uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
+          node_version: process.version,
+        },
+        Clients: { connected_clients: this.clients.size, maxclients: this.options.maxClients },
+        Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
+        Persistence: {
+          loading: 0,
+          aof_enabled: 1,
+          wal_file: wal.file,
+          wal_size_bytes: wal.size,
+          fsync_policy: wal.policy,
+          wal_fsyncs: wal.fsyncs,
+          wal_last_fsync_unix_ms: wal.lastFsyncAt,
+          wal_last_error: wal.lastError ?? 'none',
+          replay_records: this.replay?.records ?? 0,
+          replay_ms: Math.round(this.replay?.millis ?? 0),
+          tombstones: this.data.store.tombstoneCount,
+        },
+        Stats: {
+          total_connections_received: this.totalConnections,
+          total_commands_processed: this.totalCommands,
+          instantaneous_ops_per_sec: this.opsPerSec,
+          migration_dumps_active: this.dumps.active,
+        },
+        Keyspace: { db0: `keys=${this.data.store.size},expires=0,avg_ttl=0` },
+      },
+      section,
+    );
+  }
+}
+
+class ServerExecutor implements Executor {
+  constructor(private readonly state: ServerState) {}
+
+  serves(spec: CommandSpec): boolean {
+    return servesOn(spec, 'server');
+  }
+
+  execute(conn: ClientConnection, spec: CommandSpec, args: Buffer[]) {
+    const handler = SERVER_COMMANDS[spec.name as keyof typeof SERVER_COMMANDS];
+    if (handler === undefined) return error(`ERR unknown command '${spec.name}'`);
+    return handler(this.state, args, conn);
+  }
+}
+
+export async function startServer(options: ServerOptions): Promise<ServerHandle> {
+  const host = options.host ?? '127.0.0.1';
+  const dir = path.resolve(options.dir ?? '.');
+  const log = options.logger ?? silentLogger();
+  const limits = options.limits ?? DEFAULT_LIMITS;
+  const maxClients = options.maxClients ?? DEFAULT_MAX_CLIENTS;
+  const password = options.password ? new PasswordCheck(options.password) : undefined;
+  fs.mkdirSync(dir, { recursive: true });
+
+  // Bind first: the port doubles as a lock on wal_<port>.log, so two servers started on the same
+  // port cannot both append to one log. Connections wait until the replay is done.
+  const listener = net.createServer({ pauseOnConnect: true, allowHalfOpen: true });
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen({ port: options.port, host, exclusive: true }, () => {
+      listener.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (listener.address() as net.AddressInfo).port;
+  const walFile = path.join(dir, `wal_${port}.log`);
+
+  const data = new DurableStore(new ShardedStore(options.shards ?? 16));
+  const state = new ServerState(data, log, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
+  let opened;
+  try {
+    opened = WriteAheadLog.open(walFile, {
+      fsync: options.fsync ?? 'always',
+      apply: (type, key, value) => data.replay(type, key, value),
+      onTruncated: (stats) =>
+        log.warn(
+          { file: walFile, truncatedAt: stats.truncatedFrom, droppedBytes: stats.droppedBytes, droppedRecords: stats.droppedRecords, keptRecords: stats.records },
+          'WAL had a torn or garbage tail (an interrupted append); cut back to the last complete group',
+        ),
+      events: {
+        durable: (epoch) => {
+          data.settled(epoch);
+          state.settle(epoch);
+        },
+        failed: (epoch, err) => {
+          const undone = data.rollBack(epoch);
+          log.error({ err, file: walFile, undone }, 'WAL write failed; pending writes were rolled back and answered with ERR');
+          state.settle(epoch, `ERR disk write failed (${(err as NodeJS.ErrnoException).code ?? 'EIO'}); the write was not applied`);
+        },
+      },
+    });
+  } catch (err) {
+    listener.close();
+    throw err;
+  }
+  data.wal = opened.wal;
+  state.replay = opened.stats;
+  log.info({ file: walFile, records: opened.stats.records, keys: data.store.size, ms: Math.round(opened.stats.millis) }, 'WAL replayed');
+
+  const executor = new ServerExecutor(state);
+  let lastCommands = 0;
+  const opsTimer = setInterval(() => {
+    state.opsPerSec = state.totalCommands - lastCommands;
+    lastCommands = state.totalCommands;
+  }, 1000);
+  opsTimer.unref();
+
+  listener.on('connection', (socket: net.Socket) => {
+    state.totalConnections++;
+    if (state.clients.size >= maxClients) {
+      socket.end('-ERR max clients reached\r\n');
+      socket.on('error', () => socket.destroy());
+      return;
+    }
+    const conn = new ClientConnection(socket, {
+      limits,
+      executor,
+      password,
+      gate: state,
+      onClose: (c) => state.clients.delete(c),
+      onCommand: () => state.totalCommands++,
+    });
+    state.clients.add(conn);
+    socket.resume();
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    host,
+    walFile,
+    replay: opened.stats,
+    state,
+    close() {
+      closing ??= (async () => {
+        // Phase 1: stop accepting. Phase 2: let pending groups reach the disk so every
+        // reply already promised goes out. Phase 3: close clients and the log.
+        clearInterval(opsTimer);
+        const stopped = new Promise<void>((resolve) => listener.close(() => resolve()));
+        await data.wal.drain();
+        for (const conn of state.clients) conn.close();
+        await data.wal.close();
+        await stopped;
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,119 @@
+// The on-disk format of the write-ahead log. Pure: bytes in, records out (docs/durability.md).
+//
+//   file   := MAGIC record*
+//   record := crc32:u32le  type:u8  keyLen:u32le  valueLen:u32le  key  value
+//
+// crc32 (zlib.crc32) covers everything after the crc field. Keys and values are raw bytes.
+// Every group commit ends with a COMMIT record. Records after the last COMMIT belong to a
+// group whose fsync never finished, so replay drops them: that is how a torn tail is told
+// apart from corruption in the middle (a damaged group followed by a complete later group can
+// only mean the disk changed under us, since group N+1 is written only after N is synced).
+import { crc32 } from 'node:zlib';
+
+export const MAGIC = Buffer.from('KVWAL01\n', 'latin1');
+export const RECORD_HEADER = 13;
+/** No key or value may be this large; a length beyond it marks a damaged record. */
+export const MAX_FIELD = 512 * 1024 * 1024;
+
+export enum RecordType {
+  Set = 1,
+  Delete = 2,
+  /** Delete and leave a tombstone (a DEL on a range that is being migrated in). */
+  Tombstone = 3,
+  /** Forget all tombstones (a migration finished). */
+  ClearTombstones = 4,
+  /** End of a group commit. */
+  Commit = 0x7f,
+}
+
+const KNOWN = new Set<number>([RecordType.Set, RecordType.Delete, RecordType.Tombstone, RecordType.ClearTombstones, RecordType.Commit]);
+
+/** A growable buffer of encoded records for one group commit. */
+export class RecordBatch {
+  private buf = Buffer.allocUnsafe(64 * 1024);
+  length = 0;
+  records = 0;
+
+  private reserve(extra: number): void {
+    if (this.length + extra <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.length + extra) size *= 2;
+    const bigger = Buffer.allocUnsafe(size);
+    this.buf.copy(bigger, 0, 0, this.length);
+    this.buf = bigger;
+  }
+
+  /** Append one record; key and value are latin1 strings (one char per byte). */
+  append(type: RecordType, key: string, value: string): void {
+    const size = RECORD_HEADER + key.length + value.length;
+    this.reserve(size);
+    const buf = this.buf;
+    const at = this.length;
+    buf[at + 4] = type;
+    buf.writeUInt32LE(key.length, at + 5);
+    buf.writeUInt32LE(value.length, at + 9);
+    buf.write(key, at + RECORD_HEADER, 'latin1');
+    buf.write(value, at + RECORD_HEADER + key.length, 'latin1');
+    buf.writeUInt32LE(crc32(buf.subarray(at + 4, at + size)), at);
+    this.length += size;
+    this.records++;
+  }
+
+  /** The encoded bytes (a view: valid until the next append or reset). */
+  bytes(): Buffer {
+    return this.buf.subarray(0, this.length);
+  }
+
+  reset(): void {
+    this.length = 0;
+    this.records = 0;
+    if (this.buf.length > 8 * 1024 * 1024) this.buf = Buffer.allocUnsafe(64 * 1024);
+  }
+}
+
+export function encodeRecord(type: RecordType, key: string, value = ''): Buffer {
+  const batch = new RecordBatch();
+  batch.append(type, key, value);
+  return Buffer.from(batch.bytes());
+}
+
+export enum Parse {
+  Ok = 0,
+  /** The buffer ends inside this record. */
+  Short = 1,
+  /** The bytes here are not a valid record. */
+  Bad = 2,
+}
+
+/** Decoded fields of the last record parsed by `parseRecord`. */
+export interface ParsedRecord {
+  type: RecordType;
+  keyStart: number;
+  keyLen: number;
+  valueStart: number;
+  valueLen: number;
+  size: number;
+}
+
+/**
+ * Parse the record at `at`. `out` is filled on Ok. A record whose length fields point past
+ * the end of the buffer is Short if the lengths are plausible, so callers with more bytes to
+ * read can refill and retry; at end of file, Short means a torn tail.
+ */
+export function parseRecord(buf: Buffer, at: number, end: number, out: ParsedRecord): Parse {
+  if (end - at < RECORD_HEADER) return Parse.Short;
+  const type = buf[at + 4]!;
+  const keyLen = buf.readUInt32LE(at + 5);
+  const valueLen = buf.readUInt32LE(at + 9);
+  if (!KNOWN.has(type) || keyLen > MAX_FIELD || valueLen > MAX_FIELD) return Parse.Bad;
+  const size = RECORD_HEADER + keyLen + valueLen;
+  if (end - at < size) return Parse.Short;
+  if (crc32(buf.subarray(at + 4, at + size)) !== buf.readUInt32LE(at)) return Parse.Bad;
+  out.type = type;
+  out.keyStart = at + RECORD_HEADER;
+  out.keyLen = keyLen;
+  out.valueStart = at + RECORD_HEADER + keyLen;
+  out.valueLen = valueLen;
+  out.size = size;
+  return Parse.Ok;
+}

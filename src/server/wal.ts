@@ -1,0 +1,439 @@
+// The write-ahead log: replay at boot, and group commit while serving.
+//
+// Group commit: every record appended during one event-loop turn joins the current group.
+// At the end of the turn (setImmediate) the group is written with one write() and made
+// durable with one fdatasync(). While that is in flight, new records gather in the next group,
+// which is flushed as soon as the previous one completes. Each group has an epoch number;
+// the server holds every reply until the epoch it depends on is durable, so no `OK` leaves
+// before its record is on disk (with --fsync always).
+//
+// Failure: if a write or fdatasync fails (ENOSPC, EIO), every group not yet durable fails
+// together, the file is truncated back to the last durable byte, and the owner undoes those
+// writes in memory. The next group tries again, so the server recovers when the disk does.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fsyncDirectory } from '../common/durable-file.js';
+import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, parseRecord, type ParsedRecord } from './wal-format.js';
+
+export type FsyncPolicy = 'always' | 'everysec' | 'no';
+export const FSYNC_POLICIES: readonly FsyncPolicy[] = ['always', 'everysec', 'no'];
+
+/** Corruption in the middle of the log: never served, never skipped silently. */
+export class WalCorruptionError extends Error {
+  override readonly name = 'WalCorruptionError';
+  constructor(
+    readonly file: string,
+    readonly offset: number,
+    readonly reason: string,
+  ) {
+    super(`${file}: corrupt record at byte offset ${offset} (${reason}); refusing to start. Run 'kv-server --repair' to truncate the log there (a backup is kept).`);
+  }
+}
+
+export interface ReplayStats {
+  /** Records applied (COMMIT markers not counted). */
+  records: number;
+  groups: number;
+  bytes: number;
+  /** Set when a torn or garbage tail was cut off. */
+  truncatedFrom?: number;
+  droppedBytes: number;
+  /** Records of an unfinished group, dropped with the tail. */
+  droppedRecords: number;
+  millis: number;
+}
+
+export type ApplyRecord = (type: RecordType, key: string, value: string) => void;
+
+export interface WalEvents {
+  /** Every group up to and including `epoch` is durable (per the fsync policy). */
+  durable(epoch: number): void;
+  /** Every group up to and including `epoch` that was not durable has failed. */
+  failed(epoch: number, error: Error): void;
+}
+
+const READ_CHUNK = 8 * 1024 * 1024;
+
+interface ScanResult {
+  stats: ReplayStats;
+  /** Offset just past the last COMMIT: where the log is truncated if the tail is bad. */
+  goodEnd: number;
+  /** Offset where the first bad or short record starts, if any. */
+  badAt?: number;
+  badReason?: string;
+}
+
+/**
+ * Read the log, applying every record of every committed group in order. Throws
+ * WalCorruptionError when damage is followed by a later complete group. Does not modify the file.
+ */
+export function scanLog(file: string, apply: ApplyRecord, options: { allowCorruption?: boolean } = {}): ScanResult {
+  const started = performance.now();
+  const fd = fs.openSync(file, 'r');
+  try {
+    const fileSize = fs.fstatSync(fd).size;
+    const stats: ReplayStats = { records: 0, groups: 0, bytes: fileSize, droppedBytes: 0, droppedRecords: 0, millis: 0 };
+    if (fileSize < MAGIC.length) {
+      const head = Buffer.alloc(fileSize);
+      fs.readSync(fd, head, 0, fileSize, 0);
+      if (!MAGIC.subarray(0, fileSize).equals(head)) throw new WalCorruptionError(file, 0, 'not a kvstore WAL (bad magic)');
+      return { stats: { ...stats, millis: performance.now() - started }, goodEnd: 0 };
+    }
+    const magic = Buffer.alloc(MAGIC.length);
+    fs.readSync(fd, magic, 0, MAGIC.length, 0);
+    if (!magic.equals(MAGIC)) throw new WalCorruptionError(file, 0, 'not a kvstore WAL (bad magic)');
+
+    // Records of the group being read; applied when its COMMIT arrives.
+    const types: RecordType[] = [];
+    const keys: string[] = [];
+    const values: string[] = [];
+    let pending = 0;
+
+    let buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, fileSize));
+    let bufStart = MAGIC.length; // file offset of buf[0]
+    let bufLen = fs.readSync(fd, buf, 0, Math.min(buf.length, fileSize - bufStart), bufStart);
+    let pos = 0;
+    let goodEnd = MAGIC.length;
+    const rec: ParsedRecord = { type: RecordType.Commit, keyStart: 0, keyLen: 0, valueStart: 0, valueLen: 0, size: 0 };
+
+    for (;;) {
+      const status = parseRecord(buf, pos, bufLen, rec);
+      if (status === Parse.Ok) {
+        if (rec.type === RecordType.Commit) {
+          for (let i = 0; i < pending; i++) apply(types[i]!, keys[i]!, values[i]!);
+          stats.records += pending;
+          stats.groups++;
+          pending = 0;
+          goodEnd = bufStart + pos + rec.size;
+        } else {
+          types[pending] = rec.type;
+          keys[pending] = buf.toString('latin1', rec.keyStart, rec.keyStart + rec.keyLen);
+          values[pending] = buf.toString('latin1', rec.valueStart, rec.valueStart + rec.valueLen);
+          pending++;
+        }
+        pos += rec.size;
+        continue;
+      }
+      const fileOffset = bufStart + pos;
+      if (status === Parse.Short && bufStart + bufLen < fileSize) {
+        // Refill: keep the partial record, read more behind it (growing for a huge record).
+        let need = READ_CHUNK;
+        if (bufLen - pos >= RECORD_HEADER) {
+          const size = RECORD_HEADER + buf.readUInt32LE(pos + 5) + buf.readUInt32LE(pos + 9);
+          need = Math.max(need, size);
+        }
+        const next = Buffer.allocUnsafe(Math.min(need, fileSize - fileOffset));
+        buf.copy(next, 0, pos, bufLen);
+        const carried = bufLen - pos;
+        const got = fs.readSync(fd, next, carried, next.length - carried, fileOffset + carried);
+        buf = next;
+        bufStart = fileOffset;
+        bufLen = carried + got;
+        pos = 0;
+        continue;
+      }
+      if (status === Parse.Short && pos === bufLen) {
+        // Clean end of file.
+        stats.droppedRecords = pending;
+        const result: ScanResult = { stats, goodEnd };
+        if (goodEnd < fileSize) {
+          result.badAt = goodEnd;
+          result.badReason = 'unfinished group at end of log';
+        }
+        stats.millis = performance.now() - started;
+        return result;
+      }
+      // A bad record, or a record cut short by the end of the file.
+      const reason = status === Parse.Short ? 'record cut short by end of file' : describeBad(buf, pos, bufLen);
+      if (status === Parse.Bad && !options.allowCorruption) assertTailOnly(fd, file, fileOffset, fileSize, reason);
+      stats.droppedRecords = pending;
+      stats.millis = performance.now() - started;
+      return { stats, goodEnd, badAt: fileOffset, badReason: reason };
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function describeBad(buf: Buffer, at: number, end: number): string {
+  if (end - at < RECORD_HEADER) return 'truncated header';
+  const type = buf[at + 4]!;
+  const keyLen = buf.readUInt32LE(at + 5);
+  const valueLen = buf.readUInt32LE(at + 9);
+  if (keyLen > MAX_FIELD || valueLen > MAX_FIELD) return `impossible length (key ${keyLen}, value ${valueLen})`;
+  if (!(type in RecordType)) return `unknown record type ${type}`;
+  return 'CRC mismatch';
+}
+
+/**
+ * Damage at `badAt` is a torn tail only if no complete group follows it. Look for any valid
+ * record after it and follow the run: two COMMITs in a run means a later group was written
+ * after this one was synced, so the damage happened to durable data.
+ */
+function assertTailOnly(fd: number, file: string, badAt: number, fileSize: number, reason: string): void {
+  const rest = Buffer.allocUnsafe(fileSize - badAt);
+  fs.readSync(fd, rest, 0, rest.length, badAt);
+  if (countRecordsAfterDamage(rest).commits >= 2) throw new WalCorruptionError(file, badAt, reason);
+}
+
+/**
+ * Valid records (and COMMITs among them) found by resynchronising past damage at rest[0].
+ * Two COMMITs in one run after the damage mean a later group was written after this one was
+ * synced: the damage happened to durable data, not to an interrupted append.
+ */
+export function countRecordsAfterDamage(rest: Buffer): { records: number; commits: number } {
+  const rec: ParsedRecord = { type: RecordType.Commit, keyStart: 0, keyLen: 0, valueStart: 0, valueLen: 0, size: 0 };
+  let at = 1;
+  let records = 0;
+  let maxCommits = 0;
+  while (at + RECORD_HEADER <= rest.length) {
+    if (parseRecord(rest, at, rest.length, rec) !== Parse.Ok) {
+      at++;
+      continue;
+    }
+    let commits = 0;
+    let run = at;
+    while (parseRecord(rest, run, rest.length, rec) === Parse.Ok) {
+      if (rec.type === RecordType.Commit) commits++;
+      else records++;
+      run += rec.size;
+    }
+    maxCommits = Math.max(maxCommits, commits);
+    at = run + 1;
+  }
+  return { records, commits: maxCommits };
+}
+
+export interface OpenOptions {
+  fsync?: FsyncPolicy;
+  events: WalEvents;
+  /** Called for every replayed record, in order, before open() returns. */
+  apply: ApplyRecord;
+  /** Called when a torn tail is cut off, with counts, so the owner can log a warning. */
+  onTruncated?: (stats: ReplayStats) => void;
+}
+
+export class WriteAheadLog {
+  /** Group being filled, and the one spare for double buffering while a write is in flight. */
+  private batch = new RecordBatch();
+  private spare = new RecordBatch();
+  /** Epoch of the group being filled. */
+  private fillEpoch = 1;
+  /** Epoch of the most recently appended record (0: nothing appended yet). */
+  lastEpoch = 0;
+  /** Every group up to this epoch is settled: durable, or failed and reported via events.failed. */
+  settledEpoch = 0;
+  private flushing = false;
+  private scheduled = false;
+  private resetPending = false;
+  /** Set after a failed write until the file is truncated back successfully. */
+  private needsTruncate = false;
+  private closed = false;
+  private dirtySinceSync = false;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private idleWaiters: (() => void)[] = [];
+  /** Bytes of the file that hold complete, written groups. */
+  size: number;
+  fsyncs = 0;
+  lastFsyncAt = 0;
+  lastError: string | undefined;
+
+  private constructor(
+    readonly file: string,
+    private readonly fd: number,
+    size: number,
+    readonly policy: FsyncPolicy,
+    private readonly events: WalEvents,
+  ) {
+    this.size = size;
+    if (policy === 'everysec') {
+      this.syncTimer = setInterval(() => this.backgroundSync(), 1000);
+      this.syncTimer.unref();
+    }
+  }
+
+  /** Open (creating if needed) and replay the log. Cuts off a torn tail; throws WalCorruptionError for mid-log damage. */
+  static open(file: string, options: OpenOptions): { wal: WriteAheadLog; stats: ReplayStats } {
+    const fresh = !fs.existsSync(file);
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    try {
+      let stats: ReplayStats;
+      let size: number;
+      if (fresh || fs.fstatSync(fd).size === 0) {
+        fs.writeSync(fd, MAGIC, 0, MAGIC.length, 0);
+        fs.fdatasyncSync(fd);
+        fsyncDirectory(path.dirname(file));
+        stats = { records: 0, groups: 0, bytes: 0, droppedBytes: 0, droppedRecords: 0, millis: 0 };
+        size = MAGIC.length;
+      } else {
+        const scan = scanLog(file, options.apply);
+        stats = scan.stats;
+        size = scan.goodEnd;
+        if (scan.badAt !== undefined || size < MAGIC.length) {
+          if (size < MAGIC.length) {
+            fs.writeSync(fd, MAGIC, 0, MAGIC.length, 0);
+            size = MAGIC.length;
+          }
+          const fileSize = fs.fstatSync(fd).size;
+          stats.truncatedFrom = size;
+          stats.droppedBytes = fileSize - size;
+          fs.ftruncateSync(fd, size);
+          fs.fdatasyncSync(fd);
+          options.onTruncated?.(stats);
+        }
+      }
+      return { wal: new WriteAheadLog(file, fd, size, options.fsync ?? 'always', options.events), stats };
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  /** Add a record to the current group; returns the group's epoch. The flush happens at the end of this turn. */
+  append(type: RecordType, key: string, value = ''): number {
+    if (this.closed) throw new Error('WAL is closed');
+    this.batch.append(type, key, value);
+    this.lastEpoch = this.fillEpoch;
+    this.schedule();
+    return this.fillEpoch;
+  }
+
+  /** Drop every record before this point: the next group starts a fresh, empty log. */
+  reset(): number {
+    this.batch.reset();
+    this.resetPending = true;
+    this.lastEpoch = this.fillEpoch;
+    this.schedule();
+    return this.fillEpoch;
+  }
+
+  /** True when every appended record is durable. */
+  get idle(): boolean {
+    return this.lastEpoch === this.settledEpoch && !this.flushing;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.flushing) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.flushing) return;
+    if (this.batch.records === 0 && !this.resetPending) {
+      this.notifyIdle();
+      return;
+    }
+    const writing = this.batch;
+    this.batch = this.spare;
+    this.spare = writing;
+    const epoch = this.fillEpoch++;
+    const reset = this.resetPending;
+    this.resetPending = false;
+    if (writing.records > 0) writing.append(RecordType.Commit, '', '');
+    this.flushing = true;
+    const data = writing.bytes();
+    const finish = (err: Error | null): void => {
+      writing.reset();
+      this.flushing = false;
+      if (err) this.fail(epoch, err);
+      else {
+        this.settledEpoch = epoch;
+        this.lastError = undefined;
+        this.events.durable(epoch);
+      }
+      if (this.batch.records > 0 || this.resetPending) this.flush();
+      else this.notifyIdle();
+    };
+    const start = reset || this.needsTruncate ? this.size : -1;
+    const afterTruncate = (err: Error | null): void => {
+      if (err) return finish(err);
+      this.needsTruncate = false;
+      this.writeAll(data, 0, (werr) => {
+        if (werr) return finish(werr);
+        this.size += data.length;
+        this.dirtySinceSync = true;
+        if (this.policy !== 'always' && !reset) return finish(null);
+        fs.fdatasync(this.fd, (serr) => {
+          if (!serr) {
+            this.fsyncs++;
+            this.lastFsyncAt = Date.now();
+            this.dirtySinceSync = false;
+          }
+          finish(serr);
+        });
+      });
+    };
+    if (reset) {
+      this.size = MAGIC.length;
+      fs.ftruncate(this.fd, MAGIC.length, afterTruncate);
+    } else if (start >= 0) {
+      fs.ftruncate(this.fd, start, afterTruncate);
+    } else {
+      afterTruncate(null);
+    }
+  }
+
+  private writeAll(data: Buffer, offset: number, done: (err: Error | null) => void): void {
+    fs.write(this.fd, data, offset, data.length - offset, this.size + offset, (err, written) => {
+      if (err) return done(err);
+      if (offset + written < data.length) return this.writeAll(data, offset + written, done);
+      done(null);
+    });
+  }
+
+  /** Fail every group not yet durable: the one in flight and the one being filled. */
+  private fail(epoch: number, err: Error): void {
+    this.lastError = `${(err as NodeJS.ErrnoException).code ?? 'EIO'}: ${err.message}`;
+    this.needsTruncate = true;
+    const upTo = this.batch.records > 0 || this.resetPending ? this.fillEpoch++ : epoch;
+    this.batch.reset();
+    this.resetPending = false;
+    if (this.lastEpoch > upTo) this.lastEpoch = upTo;
+    this.settledEpoch = upTo;
+    this.events.failed(upTo, err);
+  }
+
+  private backgroundSync(): void {
+    if (!this.dirtySinceSync || this.closed) return;
+    this.dirtySinceSync = false;
+    fs.fdatasync(this.fd, (err) => {
+      if (err) {
+        this.lastError = `${(err as NodeJS.ErrnoException).code ?? 'EIO'}: ${err.message}`;
+        this.dirtySinceSync = true;
+        return;
+      }
+      this.fsyncs++;
+      this.lastFsyncAt = Date.now();
+    });
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Resolves once everything appended so far has been written (and synced per policy). */
+  drain(): Promise<void> {
+    if (!this.flushing && this.batch.records === 0 && !this.resetPending) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Finish in-flight work, fsync, close. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.drain();
+    this.closed = true;
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    try {
+      fs.fdatasyncSync(this.fd);
+    } catch {
+      // Nothing left to report to: every reply already reflects its own fsync.
+    }
+    fs.closeSync(this.fd);
+  }
+}
