@@ -3,11 +3,19 @@ import { Command } from 'commander';
 import { startServer } from '../server/server.js';
 import { FSYNC_POLICIES, WalCorruptionError, type FsyncPolicy } from '../server/wal.js';
 import { repairLog } from '../server/wal-repair.js';
+import { DEFAULT_COMPACTION } from '../server/compaction.js';
+import { InvalidArgumentError } from 'commander';
 import { createLogger } from '../common/logger.js';
 import { DEFAULT_LIMITS } from '../common/limits.js';
 import { VERSION } from '../common/version.js';
 import { onShutdownSignal, parseBytes, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
 import path from 'node:path';
+
+function parseRatio(value: string): number {
+  const n = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || n < 1.1 || n > 1000) throw new InvalidArgumentError(`'${value}' must be a number from 1.1 to 1000.`);
+  return n;
+}
 
 const program = strict(new Command('kv-server'))
   .description('Storage node: sharded in-memory map with an fsync\'d write-ahead log (wal_<port>.log).')
@@ -22,6 +30,8 @@ const program = strict(new Command('kv-server'))
   .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
   .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
+  .option('--compact-min <bytes>', 'never compact a WAL smaller than this', parseBytes, DEFAULT_COMPACTION.minBytes)
+  .option('--compact-ratio <n>', 'compact when the WAL is this many times the live data', parseRatio, DEFAULT_COMPACTION.ratio)
   .option('--repair', 'cut the WAL back at its first damaged record (keeping a .broken backup), then exit')
   .option('--log-level <level>', 'fatal | error | warn | info | debug | trace | silent', parseLogLevel, 'info')
   .parse();
@@ -37,6 +47,8 @@ const opts = program.opts<{
   maxLine: number;
   maxBulk: number;
   maxArgs: number;
+  compactMin: number;
+  compactRatio: number;
   repair?: boolean;
   logLevel: string;
 }>();
@@ -61,6 +73,7 @@ try {
     fsync: opts.fsync,
     maxClients: opts.maxClients,
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
+    compaction: { minBytes: opts.compactMin, ratio: opts.compactRatio },
     logger: log,
   });
   console.log(`--- Persistent Server Port ${server.port} (WAL: ${path.basename(server.walFile)}) ---`);

@@ -62,6 +62,12 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   client: (_s, args, conn) => clientReply(args, conn),
   help: (_s, args) => helpReply(args, 'server'),
 
+  bgrewriteaof(s) {
+    if (s.compactor.inProgress) return simple('Background append only file rewriting already in progress');
+    void s.compactor.start();
+    return simple('Background append only file rewriting started');
+  },
+
   nodeinfo: (s) => array([bulk('kvstore-server'), bulk(s.version), int(s.data.store.size), int(s.data.store.tombstoneCount)]),
 
   /**

@@ -7,6 +7,7 @@ import { DurableStore } from './durable-store.js';
 import { WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
+import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
 import { ClientConnection, type Executor, type OutputGate } from '../common/net/client-connection.js';
 import { servesOn, renderInfo } from '../common/commands/introspection.js';
 import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
@@ -27,6 +28,7 @@ export interface ServerOptions {
   fsync?: FsyncPolicy;
   limits?: Limits;
   maxClients?: number;
+  compaction?: CompactionPolicy;
   logger?: Logger;
 }
 
@@ -52,6 +54,7 @@ export class ServerState implements OutputGate {
   opsPerSec = 0;
   private readonly waiting = new Set<ClientConnection>();
   replay: ReplayStats | undefined;
+  compactor!: Compactor;
 
   constructor(
     readonly data: DurableStore,
@@ -121,6 +124,10 @@ export class ServerState implements OutputGate {
           wal_fsyncs: wal.fsyncs,
           wal_last_fsync_unix_ms: wal.lastFsyncAt,
           wal_last_error: wal.lastError ?? 'none',
+          wal_live_bytes: this.compactor.liveLogBytes(),
+          wal_rewrite_in_progress: wal.rewriteInProgress ? 1 : 0,
+          wal_rewrites: wal.rewrites,
+          wal_last_rewrite_ms: wal.lastRewriteMs,
           replay_records: this.replay?.records ?? 0,
           replay_ms: Math.round(this.replay?.millis ?? 0),
           tombstones: this.data.store.tombstoneCount,
@@ -190,6 +197,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
         durable: (epoch) => {
           data.settled(epoch);
           state.settle(epoch);
+          state.compactor.maybeStart();
         },
         failed: (epoch, err) => {
           const undone = data.rollBack(epoch);
@@ -204,6 +212,9 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   }
   data.wal = opened.wal;
   state.replay = opened.stats;
+  state.compactor = new Compactor(opened.wal, data.store, options.compaction ?? DEFAULT_COMPACTION, log);
+  // A rewrite interrupted by a crash leaves its temp file behind; the log itself is intact.
+  fs.rmSync(`${walFile}.rewrite`, { force: true });
   log.info({ file: walFile, records: opened.stats.records, keys: data.store.size, ms: Math.round(opened.stats.millis) }, 'WAL replayed');
 
   const executor = new ServerExecutor(state);

@@ -16,6 +16,8 @@ export class ShardedStore {
   private readonly mask: number;
   private readonly tombstones = new Set<string>();
   private count = 0;
+  /** Bytes of live keys and values (plus tombstoned keys): what a compacted log must hold. */
+  private liveBytes = 0;
 
   constructor(shardCount = 16) {
     if (!Number.isInteger(shardCount) || shardCount < 1 || shardCount > 4096 || (shardCount & (shardCount - 1)) !== 0) {
@@ -31,6 +33,10 @@ export class ShardedStore {
 
   get size(): number {
     return this.count;
+  }
+
+  get bytes(): number {
+    return this.liveBytes;
   }
 
   get tombstoneCount(): number {
@@ -61,8 +67,13 @@ export class ShardedStore {
     const shard = this.shard(key);
     const before = shard.get(key);
     shard.set(key, value);
-    if (before === undefined) this.count++;
-    if (this.tombstones.size > 0) this.tombstones.delete(key);
+    if (before === undefined) {
+      this.count++;
+      this.liveBytes += key.length + value.length;
+    } else {
+      this.liveBytes += value.length - before.length;
+    }
+    if (this.tombstones.size > 0 && this.tombstones.delete(key)) this.liveBytes -= key.length;
     return before;
   }
 
@@ -73,28 +84,38 @@ export class ShardedStore {
     if (before !== undefined) {
       shard.delete(key);
       this.count--;
+      this.liveBytes -= key.length + before.length;
     }
     return before;
   }
 
   /** Delete and remember that the key was deleted, so a migrating copy cannot revive it. */
   tombstone(key: string): string | undefined {
-    this.tombstones.add(key);
+    if (!this.tombstones.has(key)) {
+      this.tombstones.add(key);
+      this.liveBytes += key.length;
+    }
     return this.delete(key);
   }
 
   untombstone(key: string): void {
-    this.tombstones.delete(key);
+    if (this.tombstones.delete(key)) this.liveBytes -= key.length;
   }
 
   clearTombstones(): void {
+    for (const key of this.tombstones) this.liveBytes -= key.length;
     this.tombstones.clear();
+  }
+
+  tombstoned(): IterableIterator<string> {
+    return this.tombstones.values();
   }
 
   clear(): void {
     for (const shard of this.shards) shard.clear();
     this.tombstones.clear();
     this.count = 0;
+    this.liveBytes = 0;
   }
 
   /** Live iterators over each shard; Map iterators tolerate deletes while they run. */

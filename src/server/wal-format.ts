@@ -59,6 +59,13 @@ export class RecordBatch {
     this.records++;
   }
 
+  /** Append already-encoded records (e.g. carried over from another batch). */
+  appendRaw(encoded: Buffer): void {
+    this.reserve(encoded.length);
+    encoded.copy(this.buf, this.length);
+    this.length += encoded.length;
+  }
+
   /** The encoded bytes (a view: valid until the next append or reset). */
   bytes(): Buffer {
     return this.buf.subarray(0, this.length);

@@ -54,6 +54,41 @@ export interface WalEvents {
 
 const READ_CHUNK = 8 * 1024 * 1024;
 
+interface RewriteState {
+  /** Records appended since the rewrite began, in order. */
+  tail: RecordBatch;
+  /** Bytes of `tail` that belong to groups already handed to the old log. */
+  tailMark: number;
+  /** Set when the rewrite must be abandoned. */
+  aborted: string | undefined;
+}
+
+/** Remove and return the part of the tail already written to the old log, as a committed group. */
+function takeTailHead(state: RewriteState): Buffer {
+  const mark = state.tailMark;
+  if (mark === 0) return Buffer.alloc(0);
+  const all = state.tail.bytes();
+  const head = Buffer.allocUnsafe(mark + RECORD_HEADER);
+  all.copy(head, 0, 0, mark);
+  const commit = encodeCommit();
+  commit.copy(head, mark);
+  const rest = Buffer.from(all.subarray(mark));
+  state.tail.reset();
+  state.tail.appendRaw(rest);
+  state.tailMark = 0;
+  return head;
+}
+
+let commitRecord: Buffer | undefined;
+function encodeCommit(): Buffer {
+  if (commitRecord === undefined) {
+    const b = new RecordBatch();
+    b.append(RecordType.Commit, '', '');
+    commitRecord = Buffer.from(b.bytes());
+  }
+  return commitRecord;
+}
+
 interface ScanResult {
   stats: ReplayStats;
   /** Offset just past the last COMMIT: where the log is truncated if the tail is bad. */
@@ -234,13 +269,21 @@ export class WriteAheadLog {
   private idleWaiters: (() => void)[] = [];
   /** Bytes of the file that hold complete, written groups. */
   size: number;
+  /** The online rewrite in progress, if any (see rewrite()). */
+  private rewriting: RewriteState | undefined;
+  /** While set, no new group is written: the rewrite is swapping files. */
+  private paused = false;
+  private pauseWaiters: (() => void)[] = [];
+  rewrites = 0;
+  lastRewriteAt = 0;
+  lastRewriteMs = 0;
   fsyncs = 0;
   lastFsyncAt = 0;
   lastError: string | undefined;
 
   private constructor(
     readonly file: string,
-    private readonly fd: number,
+    private fd: number,
     size: number,
     readonly policy: FsyncPolicy,
     private readonly events: WalEvents,
@@ -293,6 +336,7 @@ export class WriteAheadLog {
   append(type: RecordType, key: string, value = ''): number {
     if (this.closed) throw new Error('WAL is closed');
     this.batch.append(type, key, value);
+    this.rewriting?.tail.append(type, key, value);
     this.lastEpoch = this.fillEpoch;
     this.schedule();
     return this.fillEpoch;
@@ -300,6 +344,7 @@ export class WriteAheadLog {
 
   /** Drop every record before this point: the next group starts a fresh, empty log. */
   reset(): number {
+    this.abortRewrite('reset');
     this.batch.reset();
     this.resetPending = true;
     this.lastEpoch = this.fillEpoch;
@@ -313,7 +358,7 @@ export class WriteAheadLog {
   }
 
   private schedule(): void {
-    if (this.scheduled || this.flushing) return;
+    if (this.scheduled || this.flushing || this.paused) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
@@ -322,11 +367,13 @@ export class WriteAheadLog {
   }
 
   private flush(): void {
-    if (this.flushing) return;
+    if (this.flushing || this.paused) return;
     if (this.batch.records === 0 && !this.resetPending) {
       this.notifyIdle();
       return;
     }
+    // Everything in the rewrite's tail so far belongs to this group or earlier ones.
+    if (this.rewriting !== undefined) this.rewriting.tailMark = this.rewriting.tail.length;
     const writing = this.batch;
     this.batch = this.spare;
     this.spare = writing;
@@ -339,6 +386,18 @@ export class WriteAheadLog {
     const finish = (err: Error | null): void => {
       writing.reset();
       this.flushing = false;
+      if (this.paused) {
+        // A rewrite is waiting to swap files: it resumes flushing when done.
+        if (err) this.fail(epoch, err);
+        else {
+          this.settledEpoch = epoch;
+          this.events.durable(epoch);
+        }
+        const waiters = this.pauseWaiters;
+        this.pauseWaiters = [];
+        for (const w of waiters) w();
+        return;
+      }
       if (err) this.fail(epoch, err);
       else {
         this.settledEpoch = epoch;
@@ -387,6 +446,8 @@ export class WriteAheadLog {
 
   /** Fail every group not yet durable: the one in flight and the one being filled. */
   private fail(epoch: number, err: Error): void {
+    // Records of the failed groups may already be in a rewrite's tail: that rewrite is void.
+    this.abortRewrite(`write failed: ${err.message}`);
     this.lastError = `${(err as NodeJS.ErrnoException).code ?? 'EIO'}: ${err.message}`;
     this.needsTruncate = true;
     const upTo = this.batch.records > 0 || this.resetPending ? this.fillEpoch++ : epoch;
@@ -395,6 +456,128 @@ export class WriteAheadLog {
     if (this.lastEpoch > upTo) this.lastEpoch = upTo;
     this.settledEpoch = upTo;
     this.events.failed(upTo, err);
+  }
+
+  /** True while an online rewrite is running. */
+  get rewriteInProgress(): boolean {
+    return this.rewriting !== undefined;
+  }
+
+  /**
+   * Rewrite the log online as a snapshot of `snapshot()` plus every record appended meanwhile,
+   * then atomically replace the log with it (Redis's AOF rewrite, without the fork).
+   *
+   *  1. From now on every appended record is also kept in `tail`.
+   *  2. The snapshot is written to `<file>.rewrite` in chunks, one await per chunk, so clients
+   *     are never held for more than one chunk's worth of work (~a few ms).
+   *  3. The tail is copied over while it is large.
+   *  4. Swap: wait for the group in flight, hold new groups, write the rest of the tail (only
+   *     records of groups already written to the old log: the group being filled will go to
+   *     the new file), fsync, rename over the log, fsync the directory, reopen. Held groups then
+   *     flow to the new file.
+   * A crash before the rename leaves the old log (the temp file is removed at the next start);
+   * after it, the new one, which is complete because it was synced before the rename. A failed
+   * group or a RESET during the rewrite aborts it.
+   */
+  async rewrite(snapshot: () => Iterator<[RecordType, string, string]>): Promise<{ ok: boolean; reason?: string; before: number; after: number }> {
+    if (this.rewriting !== undefined) return { ok: false, reason: 'a rewrite is already running', before: this.size, after: this.size };
+    const started = performance.now();
+    const before = this.size;
+    const tmp = `${this.file}.rewrite`;
+    const state: RewriteState = { tail: new RecordBatch(), tailMark: 0, aborted: undefined };
+    this.rewriting = state;
+    const fd = fs.openSync(tmp, 'w', 0o644);
+    let pos = 0;
+    const writeChunk = async (data: Buffer): Promise<void> => {
+      let off = 0;
+      while (off < data.length) {
+        off += await new Promise<number>((resolve, reject) =>
+          fs.write(fd, data, off, data.length - off, pos + off, (err, n) => (err ? reject(err) : resolve(n))),
+        );
+      }
+      pos += data.length;
+    };
+    try {
+      await writeChunk(MAGIC);
+      const chunk = new RecordBatch();
+      const it = snapshot();
+      for (let done = false; !done; ) {
+        const deadline = performance.now() + 4;
+        let n = 0;
+        for (;;) {
+          const step = it.next();
+          if (step.done) {
+            done = true;
+            break;
+          }
+          chunk.append(step.value[0], step.value[1], step.value[2]);
+          if (++n % 256 === 0 && (performance.now() > deadline || chunk.length > 4 * 1024 * 1024)) break;
+        }
+        if (chunk.records > 0) {
+          chunk.append(RecordType.Commit, '', '');
+          await writeChunk(Buffer.from(chunk.bytes()));
+          chunk.reset();
+        }
+        if (state.aborted !== undefined) throw new Error(state.aborted);
+      }
+      // Catch up with the tail while it is big, so the final swap has little left to write.
+      while (state.tailMark > 256 * 1024) {
+        const head = takeTailHead(state);
+        await writeChunk(head);
+        if (state.aborted !== undefined) throw new Error(state.aborted);
+      }
+      await this.pause();
+      try {
+        if (state.aborted !== undefined) throw new Error(state.aborted);
+        const head = takeTailHead(state);
+        if (head.length > 0) fs.writeSync(fd, head, 0, head.length, pos);
+        pos += head.length;
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+        fs.renameSync(tmp, this.file);
+        fsyncDirectory(path.dirname(this.file));
+        const fresh = fs.openSync(this.file, fs.constants.O_RDWR);
+        fs.closeSync(this.fd);
+        this.fd = fresh;
+        this.size = pos;
+        this.needsTruncate = false;
+        this.rewriting = undefined;
+      } finally {
+        this.resume();
+      }
+      this.rewrites++;
+      this.lastRewriteAt = Date.now();
+      this.lastRewriteMs = Math.round(performance.now() - started);
+      return { ok: true, before, after: pos };
+    } catch (err) {
+      if (this.rewriting === state) this.rewriting = undefined;
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed by the swap
+      }
+      fs.rmSync(tmp, { force: true });
+      return { ok: false, reason: (err as Error).message, before, after: this.size };
+    }
+  }
+
+  private abortRewrite(reason: string): void {
+    if (this.rewriting === undefined) return;
+    this.rewriting.aborted = reason;
+    this.rewriting = undefined;
+  }
+
+  /** Resolves once no group is being written; no new one starts until resume(). */
+  private pause(): Promise<void> {
+    this.paused = true;
+    if (!this.flushing) return Promise.resolve();
+    return new Promise((resolve) => this.pauseWaiters.push(resolve));
+  }
+
+  private resume(): void {
+    this.paused = false;
+    if (this.batch.records > 0 || this.resetPending) this.flush();
+    else this.notifyIdle();
   }
 
   private backgroundSync(): void {
@@ -419,13 +602,14 @@ export class WriteAheadLog {
 
   /** Resolves once everything appended so far has been written (and synced per policy). */
   drain(): Promise<void> {
-    if (!this.flushing && this.batch.records === 0 && !this.resetPending) return Promise.resolve();
+    if (!this.flushing && !this.paused && this.batch.records === 0 && !this.resetPending) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** Finish in-flight work, fsync, close. */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.abortRewrite('closing');
     await this.drain();
     this.closed = true;
     if (this.syncTimer) clearInterval(this.syncTimer);

@@ -70,6 +70,7 @@ export const COMMANDS = {
   config: spec({ name: 'config', arity: -2, flags: [], on: 'both', usage: 'CONFIG GET <parameter>', summary: 'Read configuration (for redis-benchmark and friends).' }),
   select: spec({ name: 'select', arity: 2, flags: [], on: 'both', usage: 'SELECT 0', summary: 'Only database 0 exists.' }),
   client: spec({ name: 'client', arity: -2, flags: ['noauth'], on: 'both', usage: 'CLIENT SETNAME|GETNAME|ID ...', summary: 'Connection metadata (accepted for Redis client libraries).' }),
+  bgrewriteaof: spec({ name: 'bgrewriteaof', arity: 1, flags: ['admin'], on: 'server', usage: 'BGREWRITEAOF', summary: 'Compact the WAL now, online (it also happens automatically).' }),
   help: spec({ name: 'help', arity: -1, flags: ['noauth'], on: 'both', text: 'lines', usage: 'HELP [command]', summary: 'List commands, or describe one.' }),
 
   add: spec({ name: 'add', arity: 2, flags: ['admin'], on: 'proxy', usage: 'ADD <host:port>', summary: 'Add a storage node and move the key ranges it now owns onto it.' }),

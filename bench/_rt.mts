@@ -1,0 +1,11 @@
+import fs from 'node:fs';
+import { WriteAheadLog } from '../src/server/wal.ts';
+import { DurableStore } from '../src/server/durable-store.ts';
+import { ShardedStore } from '../src/server/store.ts';
+const file = '/tmp/replay_wal.log';
+fs.copyFileSync(file, '/tmp/replay_wal2.log');
+const t = performance.now();
+const data = new DurableStore(new ShardedStore(16));
+const { wal, stats } = WriteAheadLog.open('/tmp/replay_wal2.log', { apply: (ty, k, v) => data.replay(ty, k, v), events: { durable() {}, failed() {} } });
+console.log('replay ms', performance.now() - t, stats.records, data.store.size, 'rss MB', process.memoryUsage().rss / 1e6);
+await wal.close();
