@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ProxyConnection } from './connection.js';
+import { withProgress } from './progress.js';
 import { formatReply, PLAIN, COLOR, type Style } from './format.js';
 import { tokenize } from '../common/protocol/request-decoder.js';
 import { allCommands, hasFlag, TEXT_REST } from '../common/commands/table.js';
@@ -24,12 +25,25 @@ export interface RunResult {
   unreachable: boolean;
 }
 
-/** Run one command and print its result. */
-export async function runCommand(conn: ProxyConnection, args: Buffer[], out: (line: string) => void, style: Style): Promise<RunResult> {
+/** Run one command and print its result. With `progress`, a long ADD/REMOVE shows a bar. */
+export async function runCommand(conn: ProxyConnection, args: Buffer[], out: (line: string) => void, style: Style, progress = false): Promise<RunResult> {
   const command = args[0]!.toString('latin1').toLowerCase();
   try {
-    const reply = await conn.send(args);
-    const formatted = formatReply(command, args.slice(1).map((a) => a.toString('utf8')), reply, style);
+    let reply;
+    let lines: string[];
+    let failed: boolean;
+    if (progress && (command === 'add' || command === 'remove')) {
+      const headline = command === 'add' ? '[Proxy] Rebalancing for new node...' : '[Proxy] Evacuating node...';
+      const run = await withProgress(conn.host, conn.port, headline, conn.send(args));
+      reply = run.result;
+      ({ lines, failed } = formatReply(command, args.slice(1).map((a) => a.toString('utf8')), reply, style));
+      // The headline already went out above the bar; print only what follows it.
+      if (run.shown && lines[0] === headline) lines = lines.slice(1);
+    } else {
+      reply = await conn.send(args);
+      ({ lines, failed } = formatReply(command, args.slice(1).map((a) => a.toString('utf8')), reply, style));
+    }
+    const formatted = { lines, failed };
     for (const line of formatted.lines) out(line);
     return { failed: formatted.failed, unreachable: false };
   } catch (err) {
@@ -40,7 +54,7 @@ export async function runCommand(conn: ProxyConnection, args: Buffer[], out: (li
 }
 
 export async function runOnce(conn: ProxyConnection, argv: string[]): Promise<number> {
-  const result = await runCommand(conn, argv.map((a) => Buffer.from(a, 'utf8')), (l) => console.log(l), PLAIN);
+  const result = await runCommand(conn, argv.map((a) => Buffer.from(a, 'utf8')), (l) => console.log(l), PLAIN, process.stdout.isTTY === true);
   conn.close();
   return result.unreachable ? 2 : result.failed ? 1 : 0;
 }
@@ -106,7 +120,7 @@ export async function runInteractive(conn: ProxyConnection): Promise<number> {
     if (args.length > 0) {
       const name = args[0]!.toString('latin1').toLowerCase();
       if (name === 'exit' || name === 'quit') break;
-      await runCommand(conn, args, (l) => console.log(l), style);
+      await runCommand(conn, args, (l) => console.log(l), style, true);
       console.log();
     }
     rl.prompt();

@@ -63,37 +63,59 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   await Promise.all([...bySource].map(([source, ranges]) => drainSource(pool, pool.get(source), ranges, to, progress, batchKeys)));
 }
 
+/** Batches of one source in flight at once (import + delete); the dump itself is sequential. */
+const WINDOW = 4;
+
 async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRange[], to: HashRing, progress: MigrationProgress, batchKeys: number): Promise<void> {
   const token = `mig-${randomBytes(6).toString('hex')}`;
   const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end)]);
   let request: Promise<Reply> = source.call(['RANGEDUMP', token, String(batchKeys), ...rangeArgs]);
-  for (;;) {
-    const reply = expectOk(await request, `RANGEDUMP on ${source.address}`);
-    if (reply.type !== 'array' || reply.items === null || reply.items.length < 2) throw new MigrationError(`RANGEDUMP on ${source.address}: malformed reply`);
-    const items = reply.items;
-    const done = items[0]!.type === 'int' && items[0].value === 1;
-    progress.keysScanned += items[1]!.type === 'int' ? items[1].value : 0;
-    // Ask for the next batch now; it is scanned while this one is imported.
-    if (!done) request = source.call(['RANGEDUMP', token, String(batchKeys)]);
-    if (items.length > 2) {
-      const byTarget = new Map<string, Buffer[]>();
-      const keys: Buffer[] = [];
-      for (let i = 2; i + 1 < items.length; i += 2) {
-        const k = items[i]!;
-        const v = items[i + 1]!;
-        if (k.type !== 'bulk' || k.value === null || v.type !== 'bulk' || v.value === null) throw new MigrationError('RANGEDUMP: malformed pair');
-        const target = to.ownerOfHash(hashBytes(k.value))!;
-        let list = byTarget.get(target);
-        if (list === undefined) byTarget.set(target, (list = []));
-        list.push(k.value, v.value);
-        keys.push(k.value);
-      }
-      const imports = await Promise.all([...byTarget].map(([t, pairs]) => pool.get(t).call(['IMPORT', ...pairs])));
-      imports.forEach((r, i) => expectOk(r, `IMPORT on ${[...byTarget.keys()][i]}`));
-      // Only now, with every target holding the batch durably, may the source let go of it.
-      expectOk(await source.call(['DEL', ...keys]), `DEL on ${source.address}`);
-      progress.keysMoved += keys.length;
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
+  const track = (batch: Promise<void>): void => {
+    const p = batch.catch((err: unknown) => {
+      failure ??= err;
+    });
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+  };
+  try {
+    for (;;) {
+      const reply = expectOk(await request, `RANGEDUMP on ${source.address}`);
+      if (reply.type !== 'array' || reply.items === null || reply.items.length < 2) throw new MigrationError(`RANGEDUMP on ${source.address}: malformed reply`);
+      const items = reply.items;
+      const done = items[0]!.type === 'int' && items[0].value === 1;
+      progress.keysScanned += items[1]!.type === 'int' ? items[1].value : 0;
+      // Ask for the next batch at once: it is scanned while this one is imported.
+      if (!done) request = source.call(['RANGEDUMP', token, String(batchKeys)]);
+      if (items.length > 2) track(moveBatch(pool, source, items, to, progress));
+      while (inFlight.size >= WINDOW && failure === undefined) await Promise.race(inFlight);
+      if (failure !== undefined) throw failure;
+      if (done) break;
     }
-    if (done) return;
+  } finally {
+    await Promise.all(inFlight);
   }
+  if (failure !== undefined) throw failure;
+}
+
+/** IMPORT one dumped batch into its target(s); only once all hold it durably, DEL it at the source. */
+async function moveBatch(pool: BackendPool, source: Backend, items: Reply[], to: HashRing, progress: MigrationProgress): Promise<void> {
+  const byTarget = new Map<string, Buffer[]>();
+  const keys: Buffer[] = [];
+  for (let i = 2; i + 1 < items.length; i += 2) {
+    const k = items[i]!;
+    const v = items[i + 1]!;
+    if (k.type !== 'bulk' || k.value === null || v.type !== 'bulk' || v.value === null) throw new MigrationError('RANGEDUMP: malformed pair');
+    const target = to.ownerOfHash(hashBytes(k.value))!;
+    let list = byTarget.get(target);
+    if (list === undefined) byTarget.set(target, (list = []));
+    list.push(k.value, v.value);
+    keys.push(k.value);
+  }
+  const targets = [...byTarget.keys()];
+  const imports = await Promise.all(targets.map((t) => pool.get(t).call(['IMPORT', ...byTarget.get(t)!])));
+  imports.forEach((r, i) => expectOk(r, `IMPORT on ${targets[i]}`));
+  expectOk(await source.call(['DEL', ...keys]), `DEL on ${source.address}`);
+  progress.keysMoved += keys.length;
 }

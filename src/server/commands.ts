@@ -24,7 +24,7 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   },
 
   get(s, args) {
-    const value = s.data.store.get(key(args[1]!));
+    const value = s.data.get(key(args[1]!));
     return value === undefined ? NIL : bulk(Buffer.from(value, 'latin1'));
   },
 
@@ -36,14 +36,14 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
 
   exists(s, args) {
     let n = 0;
-    for (let i = 1; i < args.length; i++) if (s.data.store.has(key(args[i]!))) n++;
+    for (let i = 1; i < args.length; i++) if (s.data.has(key(args[i]!))) n++;
     return int(n);
   },
 
   mget(s, args) {
     const items: Reply[] = [];
     for (let i = 1; i < args.length; i++) {
-      const value = s.data.store.get(key(args[i]!));
+      const value = s.data.get(key(args[i]!));
       items.push(value === undefined ? NIL : bulk(Buffer.from(value, 'latin1')));
     }
     return array(items);
@@ -103,9 +103,9 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
 
   xget(s, args) {
     const k = key(args[1]!);
-    const value = s.data.store.get(k);
+    const value = s.data.get(k);
     if (value !== undefined) return bulk(Buffer.from(value, 'latin1'));
-    return s.data.store.isTombstoned(k) ? int(0) : NIL;
+    return s.data.isTombstoned(k) ? int(0) : NIL;
   },
 
   deltomb(s, args) {

@@ -16,6 +16,17 @@ interface UndoEntry {
 export class DurableStore {
   private undo: UndoEntry[] = [];
   private undoHead = 0;
+  /**
+   * Keys written by a group that is not durable yet, with that group's epoch. A read of such a
+   * key must not be answered before the group is durable, or a reader could see a value that a
+   * crash then takes back. Reads of other keys are answered at once.
+   */
+  private readonly dirty = new Map<string, number>();
+  /**
+   * The epoch the current command's reply depends on: set by every method below, reset by
+   * the caller before each command (see ServerExecutor).
+   */
+  touched = 0;
   wal!: WriteAheadLog;
 
   constructor(readonly store: ShardedStore) {}
@@ -43,6 +54,30 @@ export class DurableStore {
 
   private remember(epoch: number, key: string, before: string | undefined, wasTombstoned: boolean): void {
     this.undo.push({ epoch, key, before, wasTombstoned });
+    this.dirty.set(key, epoch);
+    if (epoch > this.touched) this.touched = epoch;
+  }
+
+  /** Note that the reply depends on `key` as it is now. */
+  private read(key: string): void {
+    if (this.dirty.size === 0) return;
+    const epoch = this.dirty.get(key);
+    if (epoch !== undefined && epoch > this.touched) this.touched = epoch;
+  }
+
+  get(key: string): string | undefined {
+    this.read(key);
+    return this.store.get(key);
+  }
+
+  has(key: string): boolean {
+    this.read(key);
+    return this.store.has(key);
+  }
+
+  isTombstoned(key: string): boolean {
+    this.read(key);
+    return this.store.isTombstoned(key);
   }
 
   set(key: string, value: string): number {
@@ -56,7 +91,10 @@ export class DurableStore {
   /** Returns true when the key existed. */
   delete(key: string): boolean {
     const before = this.store.delete(key);
-    if (before === undefined) return false;
+    if (before === undefined) {
+      this.read(key); // "not found" may rest on a delete that is not durable yet
+      return false;
+    }
     const epoch = this.wal.append(RecordType.Delete, key);
     this.remember(epoch, key, before, false);
     return true;
@@ -73,7 +111,10 @@ export class DurableStore {
 
   /** Insert only if the key is absent and not tombstoned: a migrating copy never overwrites newer data. */
   importIfAbsent(key: string, value: string): boolean {
-    if (this.store.has(key) || this.store.isTombstoned(key)) return false;
+    if (this.store.has(key) || this.store.isTombstoned(key)) {
+      this.read(key);
+      return false;
+    }
     this.set(key, value);
     return true;
   }
@@ -81,7 +122,7 @@ export class DurableStore {
   clearTombstones(): void {
     if (this.store.tombstoneCount === 0) return;
     this.store.clearTombstones();
-    this.wal.append(RecordType.ClearTombstones, '');
+    this.touched = Math.max(this.touched, this.wal.append(RecordType.ClearTombstones, ''));
     // Not undoable: tombstones only block stale imports, and the move they guarded is over.
   }
 
@@ -90,14 +131,22 @@ export class DurableStore {
     this.store.clear();
     this.undo = [];
     this.undoHead = 0;
-    return this.wal.reset();
+    this.dirty.clear();
+    const epoch = this.wal.reset();
+    this.touched = Math.max(this.touched, epoch);
+    return epoch;
   }
 
   /** Called when groups up to `epoch` are durable: their undo entries are no longer needed. */
   settled(epoch: number): void {
     const undo = this.undo;
+    const dirty = this.dirty;
     let head = this.undoHead;
-    while (head < undo.length && undo[head]!.epoch <= epoch) head++;
+    while (head < undo.length && undo[head]!.epoch <= epoch) {
+      const key = undo[head]!.key;
+      if ((dirty.get(key) ?? Infinity) <= epoch) dirty.delete(key);
+      head++;
+    }
     if (head === undo.length) {
       this.undo = [];
       this.undoHead = 0;
@@ -117,6 +166,7 @@ export class DurableStore {
       const entry = undo[undo.length - 1]!;
       if (entry.epoch > epoch) break;
       undo.pop();
+      this.dirty.delete(entry.key);
       if (entry.before !== undefined) {
         this.store.set(entry.key, entry.before); // a live key is never tombstoned
       } else if (entry.wasTombstoned) {

@@ -64,10 +64,6 @@ export class ServerState implements OutputGate {
     this.dumps = new RangeDumps(data.store);
   }
 
-  pendingEpoch(): number {
-    return this.data.wal.lastEpoch;
-  }
-
   settledEpoch(): number {
     return this.data.wal.settledEpoch;
   }
@@ -155,7 +151,11 @@ class ServerExecutor implements Executor {
   execute(conn: ClientConnection, spec: CommandSpec, args: Buffer[]) {
     const handler = SERVER_COMMANDS[spec.name as keyof typeof SERVER_COMMANDS];
     if (handler === undefined) return error(`ERR unknown command '${spec.name}'`);
-    return handler(this.state, args, conn);
+    const data = this.state.data;
+    data.touched = 0;
+    const reply = handler(this.state, args, conn);
+    if (data.touched > 0) conn.dependsOn(data.touched);
+    return reply;
   }
 }
 

@@ -553,3 +553,84 @@ export async function holderOf(servers: readonly ProcHandle[], key: string): Pro
   const replies = await Promise.all(servers.map((s) => ask(s.port, `GET ${key}`)));
   return servers.filter((_, i) => replies[i]!.startsWith('VALUE '));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A writer that keeps SETs flowing until the connection dies, recording which were acknowledged
+
+export interface SetStreamOptions {
+  /** Keys are `${prefix}${i}`. */
+  prefix: string;
+  value: (i: number) => string;
+  /** Requests in flight at once. */
+  window?: number;
+  /** Stop after this many SETs (default: until stop() or the connection closes). */
+  limit?: number;
+}
+
+/**
+ * `SET <prefix><i> <value(i)>` for i = 0, 1, 2, ... on one text-protocol socket, with up to
+ * `window` requests outstanding. Replies arrive in order, so each `OK` acknowledges the oldest
+ * outstanding SET. Ends when the peer closes the connection (a crash), or after `limit`.
+ */
+export class SetStream {
+  /** Indexes whose SET was answered `OK`, in order. */
+  readonly acked: number[] = [];
+  /** Replies other than `OK`. */
+  readonly failures: string[] = [];
+  /** Resolves when the connection is gone. */
+  readonly closed: Promise<void>;
+  sent = 0;
+  private readonly outstanding: number[] = [];
+  private readonly socket: net.Socket;
+  private buffered = '';
+  private stopped = false;
+
+  constructor(
+    port: number,
+    private readonly opts: SetStreamOptions,
+  ) {
+    this.socket = net.connect({ port, host: HOST, noDelay: true });
+    openSockets.add(this.socket);
+    this.socket.setEncoding('latin1');
+    this.closed = new Promise((resolve) => this.socket.once('close', () => resolve()));
+    this.socket.once('close', () => openSockets.delete(this.socket));
+    this.socket.on('error', () => {}); // a crash of the peer is the point of most uses
+    this.socket.once('connect', () => this.fill());
+    this.socket.on('data', (chunk: string) => this.onData(chunk));
+  }
+
+  private fill(): void {
+    const window = this.opts.window ?? 64;
+    const limit = this.opts.limit ?? Infinity;
+    let out = '';
+    while (!this.stopped && this.outstanding.length < window && this.sent < limit) {
+      const i = this.sent++;
+      this.outstanding.push(i);
+      out += `SET ${this.opts.prefix}${i} ${this.opts.value(i)}\n`;
+    }
+    if (out !== '') this.socket.write(out);
+    else if (this.outstanding.length === 0) this.socket.end();
+  }
+
+  private onData(chunk: string): void {
+    const parts = (this.buffered + chunk).split('\n');
+    this.buffered = parts.pop()!;
+    for (const line of parts) {
+      const i = this.outstanding.shift();
+      if (i === undefined) {
+        this.failures.push(`a reply with no request outstanding: ${line}`);
+        this.socket.destroy();
+        return;
+      }
+      if (line === 'OK') this.acked.push(i);
+      else this.failures.push(`${this.opts.prefix}${i}: ${line}`);
+    }
+    this.fill();
+  }
+
+  /** Send nothing more; the connection ends once the outstanding replies are in. */
+  stop(): void {
+    this.stopped = true;
+    if (this.outstanding.length === 0) this.socket.end();
+  }
+}

@@ -34,13 +34,11 @@ export interface Executor {
 }
 
 /**
- * Lets a server hold replies until the WAL group they may depend on is settled. Replies made
- * while a group is pending wait for it (reads too, so no client ever sees data that could still
- * vanish in a crash). On a failed group, the held replies become errors.
+ * Lets a server hold replies until the WAL group they depend on is settled: a write's own
+ * group, or for a read, the group that last wrote the key it read (so no client ever sees
+ * data that a crash could still take back). On a failed group, the held replies become errors.
  */
 export interface OutputGate {
-  /** Epoch that replies produced now depend on; 0 or a settled epoch means "send now". */
-  pendingEpoch(): number;
   settledEpoch(): number;
   /** Call `conn.settle()` as epochs settle, for as long as `conn.waitingEpoch` is non-zero. */
   watch(conn: ClientConnection): void;
@@ -85,6 +83,8 @@ export class ClientConnection {
   private readonly sink = new ByteSink(4096);
   /** Framing of each reply currently in `sink`, in order. */
   private sinkModes: boolean[] = [];
+  /** Highest WAL epoch a reply in `sink` depends on (0: none). */
+  private sinkEpoch = 0;
   /** Replies not yet in `sink` because an earlier one is still outstanding. */
   private readonly slots: Slot[] = [];
   private slotBase = 0;
@@ -272,16 +272,23 @@ export class ClientConnection {
     this.flush();
   }
 
-  /** Send what the sink holds, unless a pending WAL group makes us hold it. */
+  /** The reply being produced depends on WAL group `epoch` (called by the server's executor). */
+  dependsOn(epoch: number): void {
+    if (epoch > this.sinkEpoch) this.sinkEpoch = epoch;
+  }
+
+  /** Send what the sink holds, unless it depends on a WAL group that is not durable yet. */
   private flush(): void {
     if (this.closed) return;
     if (this.sink.length > 0) {
       const gate = this.options.gate;
-      const epoch = gate === undefined ? 0 : gate.pendingEpoch();
-      if (this.held.length > 0 || (gate !== undefined && epoch > gate.settledEpoch())) {
+      const lastHeld = this.held.length > 0 ? this.held[this.held.length - 1]!.epoch : 0;
+      const epoch = Math.max(this.sinkEpoch, lastHeld);
+      this.sinkEpoch = 0;
+      if (gate !== undefined && (this.held.length > 0 || epoch > gate.settledEpoch())) {
         this.held.push({ epoch, bytes: this.sink.take(), modes: this.sinkModes });
         this.sinkModes = [];
-        gate!.watch(this);
+        gate.watch(this);
       } else {
         this.write(this.sink.take());
         this.sinkModes = [];

@@ -1,0 +1,68 @@
+// Spawning real kvstore processes for benchmarks: free ports, banners, cleanup by pid.
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+import fs from 'node:fs';
+import os from 'node:os';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin');
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Proc {
+  name: string;
+  port: number;
+  proc: ChildProcess;
+}
+
+const started: Proc[] = [];
+
+export function tempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function launch(name: string, bin: string, args: string[], banner: RegExp, port: number): Promise<Proc> {
+  const proc = spawn(process.execPath, [path.join(BIN, bin), ...args, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const p: Proc = { name, port, proc };
+  started.push(p);
+  await new Promise<void>((resolve, reject) => {
+    const rl = readline.createInterface({ input: proc.stdout! });
+    rl.on('line', (line) => {
+      if (banner.test(line)) resolve();
+    });
+    proc.once('exit', (code) => reject(new Error(`${name} exited early (${code})`)));
+  });
+  return p;
+}
+
+export async function startServer(dir: string, port?: number, extra: string[] = []): Promise<Proc> {
+  const p = port ?? (await freePort());
+  return launch(`server:${p}`, 'kv-server', [String(p), '--dir', dir, ...extra], /^--- Persistent Server Port /, p);
+}
+
+export async function startProxy(dir: string, port?: number, extra: string[] = []): Promise<Proc> {
+  const p = port ?? (await freePort());
+  return launch(`proxy:${p}`, 'kv-proxy', ['--port', String(p), '--dir', dir, ...extra], /^--- KV Proxy\/Gateway running on Port /, p);
+}
+
+export function stopAll(): void {
+  for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGKILL');
+  started.length = 0;
+}
+
+process.on('exit', stopAll);
+process.on('SIGINT', () => {
+  stopAll();
+  process.exit(130);
+});
