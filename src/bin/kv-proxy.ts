@@ -5,7 +5,7 @@ import { createLogger } from '../common/logger.js';
 import { DEFAULT_LIMITS } from '../common/limits.js';
 import { DEFAULT_VNODES } from '../common/ring.js';
 import { VERSION } from '../common/version.js';
-import { onShutdownSignal, parseBytes, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
+import { onShutdownSignal, parseSeconds, parseBytes, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
 
 const program = strict(new Command('kv-proxy'))
   .description('The gateway: routes keys over a consistent-hash ring and moves data on ADD/REMOVE.')
@@ -18,7 +18,8 @@ const program = strict(new Command('kv-proxy'))
   .option('--node-password <pw>', 'password for the storage nodes (default: --password)')
   .option('--max-clients <n>', 'most client connections at once', parsePositiveInt(1_000_000), 10_000)
   .option('--connect-timeout <ms>', 'give up connecting to a node after this long', parsePositiveInt(600_000), 1000)
-  .option('--request-timeout <ms>', 'drop a node connection that leaves a request unanswered this long', parsePositiveInt(3_600_000), 5000)
+  .option('--request-timeout <ms>', 'drop a node connection that leaves a request unanswered this long', parsePositiveInt(3_600_000), 2000)
+  .option('--timeout <seconds>', 'close client connections idle this long (0: never)', parseSeconds, 0)
   .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
   .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
@@ -35,6 +36,7 @@ const opts = program.opts<{
   maxClients: number;
   connectTimeout: number;
   requestTimeout: number;
+  timeout: number;
   maxLine: number;
   maxBulk: number;
   maxArgs: number;
@@ -52,6 +54,7 @@ try {
     password: opts.password,
     nodePassword: opts.nodePassword,
     maxClients: opts.maxClients,
+    idleTimeoutMs: opts.timeout * 1000,
     connectTimeoutMs: opts.connectTimeout,
     requestTimeoutMs: opts.requestTimeout,
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },

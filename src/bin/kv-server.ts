@@ -8,7 +8,7 @@ import { InvalidArgumentError } from 'commander';
 import { createLogger } from '../common/logger.js';
 import { DEFAULT_LIMITS } from '../common/limits.js';
 import { VERSION } from '../common/version.js';
-import { onShutdownSignal, parseBytes, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
+import { onShutdownSignal, parseSeconds, parseBytes, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
 import path from 'node:path';
 
 function parseRatio(value: string): number {
@@ -27,6 +27,7 @@ const program = strict(new Command('kv-server'))
   .option('--password <pw>', 'require AUTH <pw> before serving anything but AUTH, PING, QUIT')
   .option('--fsync <policy>', 'when to fsync the WAL: always | everysec | no', parseChoice(FSYNC_POLICIES), 'always' as FsyncPolicy)
   .option('--max-clients <n>', 'most client connections at once', parsePositiveInt(1_000_000), 10_000)
+  .option('--timeout <seconds>', 'close client connections idle this long (0: never)', parseSeconds, 0)
   .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
   .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
@@ -44,6 +45,7 @@ const opts = program.opts<{
   password?: string;
   fsync: FsyncPolicy;
   maxClients: number;
+  timeout: number;
   maxLine: number;
   maxBulk: number;
   maxArgs: number;
@@ -72,6 +74,7 @@ try {
     password: opts.password,
     fsync: opts.fsync,
     maxClients: opts.maxClients,
+    idleTimeoutMs: opts.timeout * 1000,
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
     compaction: { minBytes: opts.compactMin, ratio: opts.compactRatio },
     logger: log,

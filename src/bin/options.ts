@@ -29,6 +29,11 @@ export function parseLogLevel(value: string): string {
   return parseChoice(LOG_LEVELS)(value);
 }
 
+export function parseSeconds(value: string): number {
+  if (!/^\d{1,7}$/.test(value)) throw new InvalidArgumentError(`'${value}' must be a whole number of seconds.`);
+  return Number(value);
+}
+
 /** Byte sizes such as 65536, 64kb, 16mb. */
 export function parseBytes(value: string): number {
   const m = /^(\d+)\s*(b|kb|k|mb|m|gb|g)?$/i.exec(value.trim());

@@ -48,8 +48,13 @@ export function formatReply(command: string, args: string[], reply: Reply, style
     case 'del':
       if (reply.type === 'int') return ok(reply.value === 0 ? style.dim('(not found)') : args.length > 1 ? `Deleted: ${reply.value}` : 'Deleted');
       break;
-    case 'info':
     case 'nodes':
+      if (reply.type === 'bulk' && reply.value !== null) return ok(...nodesTable(parseNodes(reply.value.toString('utf8'))));
+      break;
+    case 'ring':
+      if (reply.type === 'bulk' && reply.value !== null) return ok(...ringBars(parseNodes(reply.value.toString('utf8'))));
+      break;
+    case 'info':
     case 'migration':
     case 'help':
       if (reply.type === 'bulk' && reply.value !== null) {
@@ -87,4 +92,42 @@ function generic(reply: Reply, style: Style, indent = ''): string[] {
       return out;
     }
   }
+}
+
+export interface NodeRow {
+  address: string;
+  health: string;
+  keys: string;
+  share: number;
+  note: string;
+}
+
+/** Parse the proxy's NODES lines: `host:port health keys=N share=P% [(joining)|(leaving)]`. */
+export function parseNodes(text: string): NodeRow[] {
+  const rows: NodeRow[] = [];
+  for (const line of text.split(/\r?\n/)) {
+    const m = /^(\S+) (\S+) keys=(\S+) share=([\d.]+)%(.*)$/.exec(line.trim());
+    if (m) rows.push({ address: m[1]!, health: m[2]!, keys: m[3]!, share: Number(m[4]), note: m[5]!.trim() });
+  }
+  return rows;
+}
+
+function nodesTable(rows: NodeRow[]): string[] {
+  if (rows.length === 0) return ['(no nodes: ADD <host:port> first)'];
+  const header = ['NODE', 'HEALTH', 'KEYS', 'RING SHARE'];
+  const cells = rows.map((r) => [r.address + (r.note ? ` ${r.note}` : ''), r.health, r.keys, `${r.share.toFixed(2)}%`]);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]): string => c.map((v, i) => (i >= 2 ? v.padStart(widths[i]!) : v.padEnd(widths[i]!))).join('  ');
+  return [line(header), ...cells.map(line)];
+}
+
+/** Each node's share of the ring as a bar, so imbalance shows at a glance. */
+export function ringBars(rows: NodeRow[], width = 40): string[] {
+  if (rows.length === 0) return ['(no nodes: ADD <host:port> first)'];
+  const max = Math.max(...rows.map((r) => r.share), 1e-9);
+  const mean = rows.reduce((s, r) => s + r.share, 0) / rows.length;
+  const name = Math.max(...rows.map((r) => r.address.length));
+  const out = rows.map((r) => `${r.address.padEnd(name)}  ${'#'.repeat(Math.round((r.share / max) * width)).padEnd(width)}  ${r.share.toFixed(2).padStart(6)}%  keys=${r.keys}`);
+  out.push(`busiest node: ${(max / mean).toFixed(3)}x the mean share`);
+  return out;
 }

@@ -28,6 +28,8 @@ export interface RunResult {
 /** Run one command and print its result. With `progress`, a long ADD/REMOVE shows a bar. */
 export async function runCommand(conn: ProxyConnection, args: Buffer[], out: (line: string) => void, style: Style, progress = false): Promise<RunResult> {
   const command = args[0]!.toString('latin1').toLowerCase();
+  // RING is a client-side view of NODES.
+  if (command === 'ring') args = [Buffer.from('NODES'), ...args.slice(1)];
   try {
     let reply;
     let lines: string[];
@@ -93,9 +95,12 @@ function saveHistory(lines: readonly string[]): void {
 
 export function completer(line: string): [string[], string] {
   if (line.includes(' ')) return [[], line];
-  const names = allCommands()
-    .filter((c) => !hasFlag(c, 'internal'))
-    .map((c) => c.name.toUpperCase());
+  const names = [
+    ...allCommands()
+      .filter((c) => !hasFlag(c, 'internal') && c.on !== 'server')
+      .map((c) => c.name.toUpperCase()),
+    'RING',
+  ];
   const upper = line.toUpperCase();
   const hits = names.filter((n) => n.startsWith(upper));
   return [hits.length > 0 ? hits : names, line];

@@ -123,7 +123,7 @@ export class Backend {
   }
 
   private connect(): void {
-    const { connectTimeoutMs = 1000, requestTimeoutMs = 5000, password } = this.options;
+    const { connectTimeoutMs = 1000, requestTimeoutMs = 2000, password } = this.options;
     this.health = 'connecting';
     this.decoder = new ReplyDecoder();
     const socket = net.connect({ host: this.host, port: this.port, noDelay: true });

@@ -27,6 +27,8 @@ export interface ProxyOptions {
   nodePassword?: string | undefined;
   limits?: Limits;
   maxClients?: number;
+  /** Close client connections idle this long; 0 (default) never does. */
+  idleTimeoutMs?: number;
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
   logger?: Logger;
@@ -185,7 +187,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const pool = new BackendPool({
     password: options.nodePassword ?? options.password,
     connectTimeoutMs: options.connectTimeoutMs ?? 1000,
-    requestTimeoutMs: options.requestTimeoutMs ?? 5000,
+    requestTimeoutMs: options.requestTimeoutMs ?? 2000,
     logger: log,
   });
 
@@ -237,6 +239,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
       limits,
       executor,
       password,
+      idleTimeoutMs: options.idleTimeoutMs ?? 0,
       onClose: (c) => {
         clients.delete(c);
         executor.clients = clients.size;

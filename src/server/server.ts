@@ -28,6 +28,8 @@ export interface ServerOptions {
   fsync?: FsyncPolicy;
   limits?: Limits;
   maxClients?: number;
+  /** Close client connections idle this long; 0 (default) never does. */
+  idleTimeoutMs?: number;
   compaction?: CompactionPolicy;
   logger?: Logger;
 }
@@ -236,6 +238,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
       limits,
       executor,
       password,
+      idleTimeoutMs: options.idleTimeoutMs ?? 0,
       gate: state,
       onClose: (c) => state.clients.delete(c),
       onCommand: () => state.totalCommands++,

@@ -53,6 +53,8 @@ export interface ConnectionOptions {
   pauseOutputBytes?: number;
   /** Disconnect a client whose unread replies exceed this. */
   maxOutputBytes?: number;
+  /** Close a connection idle this long (0: never, the default, as Redis's `timeout 0`). */
+  idleTimeoutMs?: number;
   onClose?: (conn: ClientConnection) => void;
   onCommand?: () => void;
 }
@@ -106,6 +108,7 @@ export class ClientConnection {
     this.authenticated = options.password === undefined;
     this.decoder = new RequestDecoder({ limits: options.limits, textRest: TEXT_REST });
     socket.setNoDelay(true);
+    if (options.idleTimeoutMs) socket.setTimeout(options.idleTimeoutMs, () => socket.destroy());
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.onDrain());
     // The listener runs with allowHalfOpen: a client that sends its requests and then shuts
