@@ -81,7 +81,7 @@ try {
     console.log(text.startsWith('OK already a member') ? `[Proxy] ${node} is already a member (resumed from ${dir}).` : `[Proxy] Node Added: ${node}`);
   }
   conn.close();
-  console.log(`\nDemo cluster ready. In another terminal:\n  ./bin/kv-client                      (interactive)\n  printf 'SET a hello\\nGET a\\n' | nc -q1 127.0.0.1 ${opts.proxyPort}\n  redis-cli -p ${opts.proxyPort} set k v\nCtrl-C here stops everything.`);
+  console.log(`\nDemo cluster ready. In another terminal:\n  ./bin/kv-client${opts.proxyPort === 8000 ? '' : ` --port ${opts.proxyPort}`}   (interactive)\n  printf 'SET a hello\\nGET a\\n' | nc -q1 127.0.0.1 ${opts.proxyPort}\n  redis-cli -p ${opts.proxyPort} set k v\nCtrl-C here stops everything.`);
 } catch (err) {
   console.error(`kv-demo: ${(err as Error).message}`);
   await stop();

@@ -1,5 +1,6 @@
 // The one xxHash32 wrapper every component uses. The ring, the proxy's router and the
-// server's shard choice must all agree on a key's hash, so nothing else imports xxhash.
+// server's migration dumps must all agree on a key's hash, so nothing else imports xxhash.
+// (A server's choice of in-memory shard is private to it and uses a cheaper inline hash.)
 //
 // xxhash-wasm needs an async instantiation; top-level await makes every importer see a
 // ready hasher, which keeps the hot path free of promises.

@@ -235,6 +235,14 @@ export class Backend {
       if (typeof t === 'function') t(failure);
       else t.complete(slots[i]!, failure);
     }
+    if (head === targets.length && this.lastError === 'connection closed' && wasUp) {
+      // The node closed an idle connection (e.g. its --timeout): nothing failed, so the next
+      // request simply reconnects, with no backoff and no "down" state.
+      this.health = 'idle';
+      this.retryAt = 0;
+      this.lastError = '';
+      return;
+    }
     this.retryAt = performance.now() + this.backoffMs;
     this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
   }

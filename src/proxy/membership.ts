@@ -157,18 +157,34 @@ export class Membership {
     // Commit: route by the new ring, let in-flight moving-key operations finish, persist the
     // new ring, then the idempotent cleanup (tombstones are safe to clear only now).
     this.router.setRing(to);
-    await this.router.quiesce();
-    const cleanup = {
-      reset: move.kind === 'remove' ? [...new Set([...this.state.cleanup.reset, move.node])] : this.state.cleanup.reset,
-      clearTombstones: [...new Set([...this.state.cleanup.clearTombstones, ...this.progress.targets])],
-    };
-    this.save({ ...this.state, members: move.to, move: null, cleanup });
+    try {
+      await this.router.quiesce();
+      const cleanup = {
+        reset: move.kind === 'remove' ? [...new Set([...this.state.cleanup.reset, move.node])] : this.state.cleanup.reset,
+        clearTombstones: [...new Set([...this.state.cleanup.clearTombstones, ...this.progress.targets])],
+      };
+      this.save({ ...this.state, members: move.to, move: null, cleanup });
+    } catch (err) {
+      // The state file could not be written: keep serving the move as planned (it is still
+      // planned on disk) and let a retry commit it.
+      this.router.setRing(from);
+      this.router.beginMove(to);
+      this.progress.state = 'failed';
+      this.progress.error = `could not save the ring state: ${(err as Error).message}`;
+      this.busy = false;
+      return error(`ERR ${move.kind.toUpperCase()} ${move.node}: ${this.progress.error}; repeat the command to finish the move`);
+    }
     this.progress.state = 'done';
     this.progress.finishedAt = Date.now();
     const ms = Math.round(performance.now() - started);
     this.log.info({ kind: move.kind, node: move.node, moved: this.progress.keysMoved, scanned: this.progress.keysScanned, ms }, 'membership change complete');
-    await this.cleanup();
-    this.busy = false;
+    try {
+      await this.cleanup();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cleanup after the move failed; it will be retried');
+    } finally {
+      this.busy = false;
+    }
     const { keysMoved, keysScanned } = this.progress;
     return move.kind === 'add'
       ? simple(`OK added ${move.node} moved=${keysMoved} scanned=${keysScanned} ms=${ms}`)

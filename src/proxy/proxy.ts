@@ -66,11 +66,11 @@ class ProxyExecutor implements Executor {
     if (spec.route !== 'local') return this.router.execute(conn, spec, args, slot);
     switch (spec.name) {
       case 'ping':
-        return args.length > 1 ? bulk(args[1]!) : PONG;
+        return args.length > 2 ? error("ERR wrong number of arguments for 'ping' command") : args.length > 1 ? bulk(args[1]!) : PONG;
       case 'command':
         return commandReply(args, 'proxy');
       case 'config':
-        return configReply(args, { port: String(this.settings.port), bind: this.settings.host, maxclients: String(this.settings.maxClients), appendonly: 'yes', appendfsync: 'always', save: '', databases: '1' });
+        return configReply(args, { port: String(this.settings.port), bind: this.settings.host, maxclients: String(this.settings.maxClients), appendonly: 'yes', save: '', databases: '1' });
       case 'select':
         return selectReply(args);
       case 'client':

@@ -16,7 +16,7 @@ type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | '
 const key = (arg: Buffer): string => arg.toString('latin1');
 
 export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
-  ping: (_s, args) => (args.length > 1 ? bulk(args[1]!) : PONG),
+  ping: (_s, args) => (args.length > 2 ? error("ERR wrong number of arguments for 'ping' command") : args.length > 1 ? bulk(args[1]!) : PONG),
 
   set(s, args) {
     s.data.set(key(args[1]!), key(args[2]!));
@@ -54,7 +54,10 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     return OK;
   },
 
-  dbsize: (s) => int(s.data.store.size),
+  dbsize(s) {
+    s.data.readAll();
+    return int(s.data.store.size);
+  },
   info: (s, args) => bulk(Buffer.from(s.info(args[1]?.toString('latin1')))),
   command: (_s, args) => commandReply(args, 'server'),
   config: (s, args) => configReply(args, s.configSettings()),
@@ -68,7 +71,7 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     return simple('Background append only file rewriting started');
   },
 
-  nodeinfo: (s) => array([bulk('kvstore-server'), bulk(s.version), int(s.data.store.size), int(s.data.store.tombstoneCount)]),
+  nodeinfo: (s) => (s.data.readAll(), array([bulk('kvstore-server'), bulk(s.version), int(s.data.store.size), int(s.data.store.tombstoneCount)])),
 
   /**
    * RANGEDUMP <token> <count> [start end ...]: with ranges, start a dump; without, continue it.
@@ -89,6 +92,8 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
     const items: Reply[] = [int(batch.done ? 1 : 0), int(batch.scanned)];
     for (let i = 0; i < batch.keys.length; i++) {
+      // Never hand out a value whose group could still fail: the reply waits for it.
+      s.data.read(batch.keys[i]!);
       items.push(bulk(Buffer.from(batch.keys[i]!, 'latin1')), bulk(Buffer.from(batch.values[i]!, 'latin1')));
     }
     return array(items);

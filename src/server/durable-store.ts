@@ -58,8 +58,13 @@ export class DurableStore {
     if (epoch > this.touched) this.touched = epoch;
   }
 
+  /** The reply depends on everything written so far (e.g. a key count). */
+  readAll(): void {
+    if (this.wal.lastEpoch > this.touched) this.touched = this.wal.lastEpoch;
+  }
+
   /** Note that the reply depends on `key` as it is now. */
-  private read(key: string): void {
+  read(key: string): void {
     if (this.dirty.size === 0) return;
     const epoch = this.dirty.get(key);
     if (epoch !== undefined && epoch > this.touched) this.touched = epoch;

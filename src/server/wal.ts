@@ -411,13 +411,19 @@ export class WriteAheadLog {
     const afterTruncate = (err: Error | null): void => {
       if (err) return finish(err);
       this.needsTruncate = false;
-      this.writeAll(data, 0, (werr) => {
+      // `size` advances only once the group is durable: after a failed fsync the next group
+      // truncates back to the last byte that is known good.
+      const base = this.size;
+      this.writeAll(data, base, 0, (werr) => {
         if (werr) return finish(werr);
-        this.size += data.length;
         this.dirtySinceSync = true;
-        if (this.policy !== 'always' && !reset) return finish(null);
+        if (this.policy !== 'always' && !reset) {
+          this.size = base + data.length;
+          return finish(null);
+        }
         fs.fdatasync(this.fd, (serr) => {
           if (!serr) {
+            this.size = base + data.length;
             this.fsyncs++;
             this.lastFsyncAt = Date.now();
             this.dirtySinceSync = false;
@@ -436,10 +442,10 @@ export class WriteAheadLog {
     }
   }
 
-  private writeAll(data: Buffer, offset: number, done: (err: Error | null) => void): void {
-    fs.write(this.fd, data, offset, data.length - offset, this.size + offset, (err, written) => {
+  private writeAll(data: Buffer, base: number, offset: number, done: (err: Error | null) => void): void {
+    fs.write(this.fd, data, offset, data.length - offset, base + offset, (err, written) => {
       if (err) return done(err);
-      if (offset + written < data.length) return this.writeAll(data, offset + written, done);
+      if (offset + written < data.length) return this.writeAll(data, base, offset + written, done);
       done(null);
     });
   }

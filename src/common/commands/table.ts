@@ -79,7 +79,7 @@ export const COMMANDS = {
   migration: spec({ name: 'migration', arity: 1, flags: [], on: 'proxy', text: 'lines', usage: 'MIGRATION', summary: 'State and progress of the current membership change.' }),
 
   // Proxy -> server, for migration and health checks. RESP only in practice; binary-safe.
-  nodeinfo: spec({ name: 'nodeinfo', arity: 1, flags: ['internal'], on: 'server', usage: 'NODEINFO', summary: 'Identify a kv-server: [kvstore-server, version, keys].' }),
+  nodeinfo: spec({ name: 'nodeinfo', arity: 1, flags: ['internal'], on: 'server', usage: 'NODEINFO', summary: 'Identify a kv-server: [kvstore-server, version, keys, tombstones].' }),
   rangedump: spec({ name: 'rangedump', arity: -3, flags: ['internal'], on: 'server', usage: 'RANGEDUMP <token> <count> [start end ...]', summary: 'Stream the keys whose hash is in the given ring ranges.' }),
   import: spec({ name: 'import', arity: -3, flags: ['internal', 'write'], on: 'server', usage: 'IMPORT <key> <value> [key value ...]', summary: 'Insert keys that are absent (and not tombstoned); one fsync per batch.' }),
   xget: spec({ name: 'xget', arity: 2, flags: ['internal', 'readonly'], on: 'server', usage: 'XGET <key>', summary: 'Read during a move: the value, nil if absent, or 0 if tombstoned.' }),

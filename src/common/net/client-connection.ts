@@ -97,6 +97,10 @@ export class ClientConnection {
   private paused = false;
   /** An exclusive request is outstanding: decode nothing further until it completes. */
   private blocked = false;
+  /** The client shut down its sending side: answer what it sent, then close. */
+  private eof = false;
+  /** Every complete request received so far has been dispatched. */
+  private inputDrained = true;
   /** Slot of the request being executed right now, and its reply if it completed synchronously. */
   private executingSlot = -1;
   private syncReply: Reply | undefined;
@@ -108,14 +112,19 @@ export class ClientConnection {
     this.authenticated = options.password === undefined;
     this.decoder = new RequestDecoder({ limits: options.limits, textRest: TEXT_REST });
     socket.setNoDelay(true);
-    if (options.idleTimeoutMs) socket.setTimeout(options.idleTimeoutMs, () => socket.destroy());
+    if (options.idleTimeoutMs) {
+      // Idle means no traffic and nothing outstanding: a client waiting for a long ADD is not idle.
+      socket.setTimeout(options.idleTimeoutMs, () => {
+        if (this.slots.length === 0 && this.held.length === 0) socket.destroy();
+      });
+    }
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.onDrain());
     // The listener runs with allowHalfOpen: a client that sends its requests and then shuts
     // down its side (`nc -q1`, `printf ... | nc`) still gets every reply, including those held
     // for an fsync or a backend. We end our side once the last reply is out.
     socket.on('end', () => {
-      this.quitting = true;
+      this.eof = true;
       this.maybeEnd();
     });
     socket.on('error', () => socket.destroy());
@@ -147,9 +156,13 @@ export class ClientConnection {
 
   private drainRequests(): void {
     const decoder = this.decoder;
+    this.inputDrained = false;
     while (!this.quitting && !this.blocked) {
       const status = decoder.next();
-      if (status === Decode.NeedMore) return;
+      if (status === Decode.NeedMore) {
+        this.inputDrained = true;
+        return;
+      }
       if (status === Decode.Request) {
         this.handle(decoder.args, decoder.resp);
         continue;
@@ -263,7 +276,12 @@ export class ClientConnection {
       this.slotBase += n;
     }
     if (this.processing) return;
-    if (entry.exclusive && !this.closed) {
+    if (!entry.exclusive) {
+      // Many replies usually arrive in one backend read: write them out together.
+      scheduleFlush(this);
+      return;
+    }
+    if (!this.closed) {
       // Resume the requests that queued up behind the exclusive one.
       this.processing = true;
       try {
@@ -281,7 +299,7 @@ export class ClientConnection {
   }
 
   /** Send what the sink holds, unless it depends on a WAL group that is not durable yet. */
-  private flush(): void {
+  flush(): void {
     if (this.closed) return;
     if (this.sink.length > 0) {
       const gate = this.options.gate;
@@ -343,7 +361,8 @@ export class ClientConnection {
   }
 
   private maybeEnd(): void {
-    if (this.quitting && this.slots.length === 0 && this.held.length === 0 && this.sink.length === 0 && !this.closed) {
+    const done = this.quitting || (this.eof && this.inputDrained && !this.blocked);
+    if (done && this.slots.length === 0 && this.held.length === 0 && this.sink.length === 0 && !this.closed) {
       this.socket.end();
     }
   }
@@ -351,6 +370,21 @@ export class ClientConnection {
   close(): void {
     this.socket.destroy();
   }
+}
+
+/** Connections with replies completed during the current callback, flushed in one go after it. */
+const pendingFlush = new Set<ClientConnection>();
+let flushQueued = false;
+
+function scheduleFlush(conn: ClientConnection): void {
+  pendingFlush.add(conn);
+  if (flushQueued) return;
+  flushQueued = true;
+  queueMicrotask(() => {
+    flushQueued = false;
+    for (const c of pendingFlush) c.flush();
+    pendingFlush.clear();
+  });
 }
 
 function errorsFor(modes: boolean[], message: string): Buffer {
