@@ -470,6 +470,19 @@ export async function dbsize(port: number): Promise<number> {
   return Number(reply);
 }
 
+/**
+ * GET every key of `expected` on one pipelined connection; returns `key: reply` for each key
+ * whose reply is not `VALUE <expected value>` (empty when all read back).
+ */
+export async function wrongValues(client: TextClient, expected: ReadonlyMap<string, string>): Promise<string[]> {
+  const keys = [...expected.keys()];
+  const replies = await client.pipeline(keys.map((k) => `GET ${k}`));
+  return replies.flatMap((r, i) => (r === `VALUE ${expected.get(keys[i]!)}` ? [] : [`${keys[i]}: ${r}`]));
+}
+
+/** The server's write-ahead log file. */
+export const walPath = (server: ProcHandle): string => path.join(server.dir, `wal_${server.port}.log`);
+
 // ---------------------------------------------------------------------------------------------
 // kv-client and other programs
 
@@ -505,9 +518,9 @@ export function run(command: string, args: readonly string[], options: { stdin?:
   });
 }
 
-/** `bin/kv-client --port <port> ARGS...` */
-export function runClient(port: number, args: readonly string[], options: { stdin?: string; timeoutMs?: number } = {}): Promise<RunResult> {
-  return run(process.execPath, [BIN.client, '--port', String(port), ...args], options);
+/** `bin/kv-client ARGS...`, e.g. runClient(['--port', '4000', 'GET', 'user1']). */
+export function runClient(args: readonly string[], options: { stdin?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+  return run(process.execPath, [BIN.client, ...args], options);
 }
 
 /** stdout split into lines, without the final newline. */
@@ -548,11 +561,6 @@ export async function startCluster(servers: number, proxyArgs: readonly string[]
 
 export const nodeAddress = (p: ProcHandle): string => `${HOST}:${p.port}`;
 
-/** Which of `servers` holds `key` (asked directly with GET). */
-export async function holderOf(servers: readonly ProcHandle[], key: string): Promise<ProcHandle[]> {
-  const replies = await Promise.all(servers.map((s) => ask(s.port, `GET ${key}`)));
-  return servers.filter((_, i) => replies[i]!.startsWith('VALUE '));
-}
 
 // ---------------------------------------------------------------------------------------------
 // A writer that keeps SETs flowing until the connection dies, recording which were acknowledged

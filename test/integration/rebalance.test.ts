@@ -1,9 +1,8 @@
 // ADD and REMOVE with data in the cluster: every key stays readable, nothing is duplicated or
 // lost, the new node takes a fair share, and a removed node is emptied (RESET truncates its WAL).
 import fs from 'node:fs';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanup, dbsize, freePort, nodeAddress, startCluster, TextClient, type ProcHandle } from './harness.js';
+import { cleanup, dbsize, freePort, nodeAddress, startCluster, TextClient, walPath, wrongValues, type ProcHandle } from './harness.js';
 
 afterEach(cleanup);
 
@@ -11,7 +10,7 @@ const KEYS = 5000;
 const keys = Array.from({ length: KEYS }, (_, i) => `key:${i}`);
 const valueOf = (i: number): string => `value-${i}-${'x'.repeat(i % 13)}`;
 
-const walSize = (s: ProcHandle): number => fs.statSync(path.join(s.dir, `wal_${s.port}.log`)).size;
+const walSize = (s: ProcHandle): number => fs.statSync(walPath(s)).size;
 
 /** NODES as {address -> keys}. */
 async function nodeKeys(admin: TextClient): Promise<Map<string, number>> {
@@ -26,8 +25,7 @@ async function nodeKeys(admin: TextClient): Promise<Map<string, number>> {
 }
 
 async function expectAllKeys(client: TextClient): Promise<void> {
-  const replies = await client.pipeline(keys.map((k) => `GET ${k}`));
-  const wrong = replies.flatMap((r, i) => (r === `VALUE ${valueOf(i)}` ? [] : [`${keys[i]}: ${r}`]));
+  const wrong = await wrongValues(client, new Map(keys.map((k, i) => [k, valueOf(i)])));
   expect(wrong, `${wrong.length} of ${KEYS} keys read back wrong`).toEqual([]);
 }
 

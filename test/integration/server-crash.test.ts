@@ -1,21 +1,16 @@
 // Durability of a kv-server across kill -9: every write it acknowledged is in its WAL, and a
 // torn tail left by an interrupted append is cut back at boot instead of stopping the server.
 import fs from 'node:fs';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanup, crash, dbsize, restart, SetStream, startServer, tempDir, TextClient, waitFor, type ProcHandle } from './harness.js';
+import { cleanup, crash, dbsize, restart, SetStream, startServer, tempDir, TextClient, waitFor, walPath, wrongValues } from './harness.js';
 
 afterEach(cleanup);
-
-const walFile = (s: ProcHandle): string => path.join(s.dir, `wal_${s.port}.log`);
 
 /** GET each key on `port`; returns the keys whose reply differs from `VALUE <expected>`. */
 async function mismatches(port: number, expected: ReadonlyMap<string, string>): Promise<string[]> {
   const client = await TextClient.connect(port);
   try {
-    const keys = [...expected.keys()];
-    const replies = await client.pipeline(keys.map((k) => `GET ${k}`));
-    return replies.flatMap((r, i) => (r === `VALUE ${expected.get(keys[i]!)}` ? [] : [`${keys[i]}: ${r}`]));
+    return await wrongValues(client, expected);
   } finally {
     client.close();
   }
@@ -58,12 +53,12 @@ describe('kv-server crash', () => {
     expect(acks.filter((r) => r !== 'OK')).toEqual([]);
     await crash(server);
 
-    const goodSize = fs.statSync(walFile(server)).size;
-    fs.appendFileSync(walFile(server), garbage);
-    expect(fs.statSync(walFile(server)).size).toBe(goodSize + garbage.length);
+    const goodSize = fs.statSync(walPath(server)).size;
+    fs.appendFileSync(walPath(server), garbage);
+    expect(fs.statSync(walPath(server)).size).toBe(goodSize + garbage.length);
 
     const again = await restart(server);
-    expect(fs.statSync(walFile(again)).size, 'the WAL is cut back to its last complete group').toBe(goodSize);
+    expect(fs.statSync(walPath(again)).size, 'the WAL is cut back to its last complete group').toBe(goodSize);
     expect(await mismatches(again.port, expected)).toEqual([]);
 
     // New appends go after the cut: they survive another crash along with the old data.
