@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { startProxy } from '../proxy/proxy.js';
 import { createLogger } from '../common/logger.js';
-import { DEFAULT_LIMITS } from '../common/limits.js';
+import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT } from '../common/limits.js';
 import { DEFAULT_VNODES } from '../common/ring.js';
 import { VERSION } from '../common/version.js';
 import { onShutdownSignal, parseSeconds, parseBytes, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
@@ -20,6 +20,7 @@ const program = strict(new Command('kv-proxy'))
   .option('--connect-timeout <ms>', 'give up connecting to a node after this long', parsePositiveInt(600_000), 1000)
   .option('--request-timeout <ms>', 'drop a node connection that leaves a request unanswered this long', parsePositiveInt(3_600_000), 2000)
   .option('--timeout <seconds>', 'close client connections idle this long (0: never)', parseSeconds, 0)
+  .option('--max-output <bytes>', 'disconnect a client whose unread replies exceed this', parseBytes, DEFAULT_MAX_OUTPUT)
   .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
   .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
@@ -37,6 +38,7 @@ const opts = program.opts<{
   connectTimeout: number;
   requestTimeout: number;
   timeout: number;
+  maxOutput: number;
   maxLine: number;
   maxBulk: number;
   maxArgs: number;
@@ -55,6 +57,7 @@ try {
     nodePassword: opts.nodePassword,
     maxClients: opts.maxClients,
     idleTimeoutMs: opts.timeout * 1000,
+    maxOutputBytes: opts.maxOutput,
     connectTimeoutMs: opts.connectTimeout,
     requestTimeoutMs: opts.requestTimeout,
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },

@@ -6,7 +6,7 @@ import { repairLog } from '../server/wal-repair.js';
 import { DEFAULT_COMPACTION } from '../server/compaction.js';
 import { InvalidArgumentError } from 'commander';
 import { createLogger } from '../common/logger.js';
-import { DEFAULT_LIMITS } from '../common/limits.js';
+import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT } from '../common/limits.js';
 import { VERSION } from '../common/version.js';
 import { onShutdownSignal, parseSeconds, parseBytes, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
 import path from 'node:path';
@@ -28,6 +28,7 @@ const program = strict(new Command('kv-server'))
   .option('--fsync <policy>', 'when to fsync the WAL: always | everysec | no', parseChoice(FSYNC_POLICIES), 'always' as FsyncPolicy)
   .option('--max-clients <n>', 'most client connections at once', parsePositiveInt(1_000_000), 10_000)
   .option('--timeout <seconds>', 'close client connections idle this long (0: never)', parseSeconds, 0)
+  .option('--max-output <bytes>', 'disconnect a client whose unread replies exceed this', parseBytes, DEFAULT_MAX_OUTPUT)
   .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)
   .option('--max-bulk <bytes>', 'largest RESP bulk string (key or value)', parseBytes, DEFAULT_LIMITS.maxBulkBytes)
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
@@ -46,6 +47,7 @@ const opts = program.opts<{
   fsync: FsyncPolicy;
   maxClients: number;
   timeout: number;
+  maxOutput: number;
   maxLine: number;
   maxBulk: number;
   maxArgs: number;
@@ -75,6 +77,7 @@ try {
     fsync: opts.fsync,
     maxClients: opts.maxClients,
     idleTimeoutMs: opts.timeout * 1000,
+    maxOutputBytes: opts.maxOutput,
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
     compaction: { minBytes: opts.compactMin, ratio: opts.compactRatio },
     logger: log,

@@ -14,3 +14,6 @@ export const DEFAULT_LIMITS: Limits = {
   maxBulkBytes: 16 * 1024 * 1024,
   maxArgs: 1024 * 1024,
 };
+
+/** A client that does not read its replies is disconnected once this many bytes wait for it. */
+export const DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024;

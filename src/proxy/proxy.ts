@@ -7,7 +7,7 @@ import { ClientConnection, LATER, LATER_EXCLUSIVE, type Answer, type Executor } 
 import { clientReply, commandReply, configReply, helpReply, renderInfo, selectReply, servesOn } from '../common/commands/introspection.js';
 import type { CommandSpec } from '../common/commands/table.js';
 import { bulk, error, PONG, type Reply } from '../common/protocol/reply.js';
-import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
+import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { VERSION } from '../common/version.js';
@@ -29,6 +29,8 @@ export interface ProxyOptions {
   maxClients?: number;
   /** Close client connections idle this long; 0 (default) never does. */
   idleTimeoutMs?: number;
+  /** Disconnect a client whose unread replies exceed this many bytes (default 64 MiB). */
+  maxOutputBytes?: number;
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
   logger?: Logger;
@@ -240,6 +242,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
       executor,
       password,
       idleTimeoutMs: options.idleTimeoutMs ?? 0,
+      maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
       onClose: (c) => {
         clients.delete(c);
         executor.clients = clients.size;

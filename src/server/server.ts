@@ -10,7 +10,7 @@ import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
 import { ClientConnection, type Executor, type OutputGate } from '../common/net/client-connection.js';
 import { servesOn, renderInfo } from '../common/commands/introspection.js';
-import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
+import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { VERSION } from '../common/version.js';
@@ -30,6 +30,8 @@ export interface ServerOptions {
   maxClients?: number;
   /** Close client connections idle this long; 0 (default) never does. */
   idleTimeoutMs?: number;
+  /** Disconnect a client whose unread replies exceed this many bytes (default 64 MiB). */
+  maxOutputBytes?: number;
   compaction?: CompactionPolicy;
   logger?: Logger;
 }
@@ -239,6 +241,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
       executor,
       password,
       idleTimeoutMs: options.idleTimeoutMs ?? 0,
+      maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
       gate: state,
       onClose: (c) => state.clients.delete(c),
       onCommand: () => state.totalCommands++,

@@ -14,7 +14,7 @@ import { writeTextReply, type TextStyle } from '../protocol/text.js';
 import { error, OK, type Reply } from '../protocol/reply.js';
 import { arityError, hasFlag, lookupCommand, TEXT_REST, type CommandSpec } from '../commands/table.js';
 import { CommandError } from '../errors.js';
-import type { Limits } from '../limits.js';
+import { DEFAULT_MAX_OUTPUT, type Limits } from '../limits.js';
 import type { PasswordCheck } from '../auth.js';
 
 /** Returned by an executor that will answer later through `conn.complete(slot, reply)`. */
@@ -342,12 +342,12 @@ export class ClientConnection {
     const socket = this.socket;
     socket.write(bytes);
     const pending = socket.writableLength;
-    if (pending > (this.options.maxOutputBytes ?? 64 * 1024 * 1024)) {
+    if (pending > (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT)) {
       // A client that never reads its replies: cut it off rather than buffer without bound.
       socket.destroy();
       return;
     }
-    if (!this.paused && pending > (this.options.pauseOutputBytes ?? 1024 * 1024)) {
+    if (!this.paused && pending > Math.min(this.options.pauseOutputBytes ?? 1024 * 1024, (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT) / 2)) {
       this.paused = true;
       socket.pause();
     }
