@@ -49,8 +49,6 @@ export interface ConnectionOptions {
   executor: Executor;
   password?: PasswordCheck | undefined;
   gate?: OutputGate | undefined;
-  /** Stop reading from a client whose unread replies exceed this (backpressure). */
-  pauseOutputBytes?: number;
   /** Disconnect a client whose unread replies exceed this. */
   maxOutputBytes?: number;
   /** Close a connection idle this long (0: never, the default, as Redis's `timeout 0`). */
@@ -94,7 +92,6 @@ export class ClientConnection {
   private quitting = false;
   private closed = false;
   private processing = false;
-  private paused = false;
   /** An exclusive request is outstanding: decode nothing further until it completes. */
   private blocked = false;
   /** The client shut down its sending side: answer what it sent, then close. */
@@ -119,7 +116,6 @@ export class ClientConnection {
       });
     }
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.onDrain());
     // The listener runs with allowHalfOpen: a client that sends its requests and then shuts
     // down its side (`nc -q1`, `printf ... | nc`) still gets every reply, including those held
     // for an fsync or a backend. We end our side once the last reply is out.
@@ -341,23 +337,9 @@ export class ClientConnection {
     if (this.closed) return;
     const socket = this.socket;
     socket.write(bytes);
-    const pending = socket.writableLength;
-    if (pending > (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT)) {
-      // A client that never reads its replies: cut it off rather than buffer without bound.
-      socket.destroy();
-      return;
-    }
-    if (!this.paused && pending > Math.min(this.options.pauseOutputBytes ?? 1024 * 1024, (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT) / 2)) {
-      this.paused = true;
-      socket.pause();
-    }
-  }
-
-  private onDrain(): void {
-    if (this.paused) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    // A client that does not read its replies is cut off at the bound, as Redis does with its
+    // client-output-buffer-limit, rather than letting its replies grow without limit.
+    if (socket.writableLength > (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT)) socket.destroy();
   }
 
   private maybeEnd(): void {
