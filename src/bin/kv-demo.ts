@@ -10,17 +10,24 @@ import readline from 'node:readline';
 import { Command } from 'commander';
 import { ProxyConnection } from '../client/connection.js';
 import { VERSION } from '../common/version.js';
+import { InvalidArgumentError } from 'commander';
 import { parsePort, strict } from './options.js';
+
+function parsePortList(value: string): number[] {
+  const ports = value.split(',').map((p) => parsePort(p.trim()));
+  if (new Set(ports).size !== ports.length) throw new InvalidArgumentError(`'${value}' lists a port twice.`);
+  return ports;
+}
 
 const program = strict(new Command('kv-demo'))
   .description('Start a local demo cluster: 3 servers and a proxy, nodes already added.')
   .version(VERSION)
   .option('--dir <path>', 'data directory', './data')
   .option('--proxy-port <port>', 'proxy port', (v) => parsePort(v), 8000)
-  .option('--server-ports <ports>', 'comma-separated server ports', '8081,8082,8083')
+  .option('--server-ports <ports>', 'comma-separated server ports', parsePortList, [8081, 8082, 8083])
   .parse();
-const opts = program.opts<{ dir: string; proxyPort: number; serverPorts: string }>();
-const serverPorts = opts.serverPorts.split(',').map((p) => parsePort(p.trim()));
+const opts = program.opts<{ dir: string; proxyPort: number; serverPorts: number[] }>();
+const serverPorts = opts.serverPorts;
 const dir = path.resolve(opts.dir);
 fs.mkdirSync(dir, { recursive: true });
 

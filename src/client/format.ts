@@ -86,8 +86,10 @@ function generic(reply: Reply, style: Style, indent = ''): string[] {
       const out: string[] = [];
       reply.items.forEach((item, i) => {
         const label = `${String(i + 1).padStart(width)}) `;
+        // The first line of an item follows its label (and, for the first item, the parent's
+        // label); the item's further lines carry their own, deeper indent.
         const inner = generic(item, style, indent + ' '.repeat(label.length));
-        out.push(indent + label + inner[0], ...inner.slice(1));
+        out.push((i === 0 ? '' : indent) + label + inner[0], ...inner.slice(1));
       });
       return out;
     }

@@ -30,6 +30,7 @@ export async function runCommand(conn: ProxyConnection, args: Buffer[], out: (li
   const command = args[0]!.toString('latin1').toLowerCase();
   // RING is a client-side view of NODES.
   if (command === 'ring') args = [Buffer.from('NODES'), ...args.slice(1)];
+
   try {
     let reply;
     let lines: string[];
@@ -44,6 +45,9 @@ export async function runCommand(conn: ProxyConnection, args: Buffer[], out: (li
     } else {
       reply = await conn.send(args);
       ({ lines, failed } = formatReply(command, args.slice(1).map((a) => a.toString('utf8')), reply, style));
+    }
+    if (command === 'help' && args.length === 1 && !failed) {
+      lines.push('RING                                Each node\'s share of the ring as a bar (kv-client only).', 'EXIT | QUIT                         Leave the interactive kv-client.');
     }
     const formatted = { lines, failed };
     for (const line of formatted.lines) out(line);
@@ -110,6 +114,12 @@ export function completer(line: string): [string[], string] {
 export async function runInteractive(conn: ProxyConnection): Promise<number> {
   const style = process.stdout.hasColors?.() ? COLOR : PLAIN;
   console.log(`--- Thin KV Client (Connected to Proxy:${conn.port}) ---`);
+  // Check at once, so a missing proxy is reported before the first command, not after it.
+  try {
+    await conn.send(['PING']);
+  } catch (err) {
+    console.log(style.error(`(error) ${(err as Error).message}; start kv-proxy, then type a command to retry`));
+  }
   const rl = readline.createInterface({
     input: process.stdin,
     output: process.stdout,

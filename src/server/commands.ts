@@ -13,44 +13,42 @@ import type { ServerState } from './server.js';
 type Handler = (state: ServerState, args: Buffer[], conn: ClientConnection) => Reply;
 type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | 'nodes' | 'migration'>;
 
-const key = (arg: Buffer): string => arg.toString('latin1');
-
 export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   ping: (_s, args) => (args.length > 2 ? error("ERR wrong number of arguments for 'ping' command") : args.length > 1 ? bulk(args[1]!) : PONG),
 
   set(s, args) {
-    s.data.set(key(args[1]!), key(args[2]!));
+    s.data.set(args[1]!, args[2]!);
     return OK;
   },
 
   get(s, args) {
-    const value = s.data.get(key(args[1]!));
-    return value === undefined ? NIL : bulk(Buffer.from(value, 'latin1'));
+    const value = s.data.get(args[1]!);
+    return value === undefined ? NIL : bulk(value);
   },
 
   del(s, args) {
     let n = 0;
-    for (let i = 1; i < args.length; i++) if (s.data.delete(key(args[i]!))) n++;
+    for (let i = 1; i < args.length; i++) if (s.data.delete(args[i]!)) n++;
     return int(n);
   },
 
   exists(s, args) {
     let n = 0;
-    for (let i = 1; i < args.length; i++) if (s.data.has(key(args[i]!))) n++;
+    for (let i = 1; i < args.length; i++) if (s.data.has(args[i]!)) n++;
     return int(n);
   },
 
   mget(s, args) {
     const items: Reply[] = [];
     for (let i = 1; i < args.length; i++) {
-      const value = s.data.get(key(args[i]!));
-      items.push(value === undefined ? NIL : bulk(Buffer.from(value, 'latin1')));
+      const value = s.data.get(args[i]!);
+      items.push(value === undefined ? NIL : bulk(value));
     }
     return array(items);
   },
 
   mset(s, args) {
-    for (let i = 1; i < args.length; i += 2) s.data.set(key(args[i]!), key(args[i + 1]!));
+    for (let i = 1; i < args.length; i += 2) s.data.set(args[i]!, args[i + 1]!);
     return OK;
   },
 
@@ -93,8 +91,8 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     const items: Reply[] = [int(batch.done ? 1 : 0), int(batch.scanned)];
     for (let i = 0; i < batch.keys.length; i++) {
       // Never hand out a value whose group could still fail: the reply waits for it.
-      s.data.read(batch.keys[i]!);
-      items.push(bulk(Buffer.from(batch.keys[i]!, 'latin1')), bulk(Buffer.from(batch.values[i]!, 'latin1')));
+      s.data.state(batch.keys[i]!);
+      items.push(bulk(batch.keys[i]!), bulk(batch.values[i]!));
     }
     return array(items);
   },
@@ -102,20 +100,19 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   import(s, args) {
     if ((args.length - 1) % 2 !== 0) return error("ERR wrong number of arguments for 'import' command");
     let n = 0;
-    for (let i = 1; i < args.length; i += 2) if (s.data.importIfAbsent(key(args[i]!), key(args[i + 1]!))) n++;
+    for (let i = 1; i < args.length; i += 2) if (s.data.importIfAbsent(args[i]!, args[i + 1]!)) n++;
     return int(n);
   },
 
   xget(s, args) {
-    const k = key(args[1]!);
-    const value = s.data.get(k);
-    if (value !== undefined) return bulk(Buffer.from(value, 'latin1'));
-    return s.data.isTombstoned(k) ? int(0) : NIL;
+    const value = s.data.get(args[1]!);
+    if (value !== undefined) return bulk(value);
+    return s.data.isTombstoned(args[1]!) ? int(0) : NIL;
   },
 
   deltomb(s, args) {
     let n = 0;
-    for (let i = 1; i < args.length; i++) if (s.data.tombstone(key(args[i]!))) n++;
+    for (let i = 1; i < args.length; i++) if (s.data.tombstone(args[i]!)) n++;
     return int(n);
   },
 

@@ -22,6 +22,9 @@ export interface CompactionPolicy {
 
 export const DEFAULT_COMPACTION: CompactionPolicy = { minBytes: 512 * 1024, ratio: 2 };
 
+/** Entries copied into the rewrite per step: a few milliseconds of work. */
+const SNAPSHOT_STEP = 20_000;
+
 export class Compactor {
   private running: Promise<void> | undefined;
 
@@ -59,10 +62,11 @@ export class Compactor {
 
   private async run(): Promise<void> {
     const store = this.store;
-    const result = await this.wal.rewrite(function* () {
-      for (let i = 0; i < store.shardCount; i++) for (const [k, v] of store.shardEntries(i)) yield [RecordType.Set, k, v];
-      for (const k of [...store.tombstoned()]) yield [RecordType.Tombstone, k, ''];
-    });
+    const cursor = store.newCursor();
+    // Each call adds up to SNAPSHOT_STEP entries: one SET per live key, one TOMBSTONE per tombstone.
+    const result = await this.wal.rewrite((batch) =>
+      store.scan(cursor, SNAPSHOT_STEP, (_hash, key, value) => batch.append(value === null ? RecordType.Tombstone : RecordType.Set, key, value), true),
+    );
     if (result.ok) {
       this.log.info({ file: this.wal.file, before: result.before, after: result.after, ms: this.wal.lastRewriteMs }, 'WAL compacted');
     } else {

@@ -1,17 +1,18 @@
 // Server side of migration streaming: RANGEDUMP walks the store once, returning batches of
 // the keys whose ring hash falls in the ranges being moved.
 //
-// A dump is a resumable cursor held under a token chosen by the proxy. It walks live Map
-// iterators, shard by shard, scanning a bounded number of keys per call so that one call never
-// stalls the event loop for long. Map iterators stay valid while entries are deleted, so the
-// proxy can delete each batch (after the target has it durably) while the dump goes on. No new
-// keys appear in a moving range on its source: the proxy routes those writes to the target.
-import { hashLatin1 } from '../common/hash.js';
+// A dump is a resumable cursor over the store's arenas, held under a token chosen by the proxy.
+// Each call examines a bounded number of entries, so one call never stalls the event loop for
+// long. The ring hash of every key is kept in the store, so a dump never rehashes. Entries
+// written while the dump runs are not in a moving range (the proxy routes those writes to the
+// target), and the proxy deletes each batch only after the target has it durably; an entry
+// seen twice (the walk restarts a shard that was compacted) is harmless, since IMPORT never
+// overwrites and DEL is idempotent.
 import type { HashRange } from '../common/ring.js';
-import type { ShardedStore } from './store.js';
+import type { ShardedStore, StoreCursor } from './store.js';
 
-/** Keys examined per call at most: bounds the time one call holds the event loop (~10 ms). */
-const SCAN_BUDGET = 50_000;
+/** Entries examined per call at most: bounds the time one call holds the event loop. */
+const SCAN_BUDGET = 100_000;
 const IDLE_EXPIRY_MS = 5 * 60_000;
 
 /** Sorted, non-overlapping closed intervals [lo, hi] of hash values. */
@@ -55,16 +56,16 @@ export class HashIntervals {
 
 interface Dump {
   intervals: HashIntervals;
-  shard: number;
-  iterator: IterableIterator<[string, string]> | undefined;
+  cursor: StoreCursor;
   lastUsed: number;
 }
 
 export interface DumpBatch {
   done: boolean;
   scanned: number;
-  keys: string[];
-  values: string[];
+  /** Views into the store: encode them before the next write. */
+  keys: Buffer[];
+  values: Buffer[];
 }
 
 export class RangeDumps {
@@ -81,33 +82,30 @@ export class RangeDumps {
     this.expire(now);
     let dump = this.dumps.get(token);
     if (ranges !== undefined && ranges.length > 0) {
-      dump = { intervals: new HashIntervals(ranges), shard: 0, iterator: undefined, lastUsed: now };
+      dump = { intervals: new HashIntervals(ranges), cursor: this.store.newCursor(), lastUsed: now };
       this.dumps.set(token, dump);
     }
     if (dump === undefined) return undefined;
     dump.lastUsed = now;
     const out: DumpBatch = { done: false, scanned: 0, keys: [], values: [] };
+    const intervals = dump.intervals;
+    // Scan in steps so that a batch stops soon after it is full.
+    const step = Math.max(1000, Math.min(SCAN_BUDGET, count * 4));
     while (out.keys.length < count && out.scanned < SCAN_BUDGET) {
-      if (dump.iterator === undefined) {
-        if (dump.shard >= this.store.shardCount) {
-          out.done = true;
-          this.dumps.delete(token);
-          break;
+      const before = out.scanned;
+      const done = this.store.scan(dump.cursor, step, (hash, key, value) => {
+        out.scanned++;
+        if (intervals.has(hash)) {
+          out.keys.push(key);
+          out.values.push(value!);
         }
-        dump.iterator = this.store.shardEntries(dump.shard);
+      });
+      if (done) {
+        out.done = true;
+        this.dumps.delete(token);
+        break;
       }
-      const step = dump.iterator.next();
-      if (step.done) {
-        dump.iterator = undefined;
-        dump.shard++;
-        continue;
-      }
-      out.scanned++;
-      const [key, value] = step.value;
-      if (dump.intervals.has(hashLatin1(key))) {
-        out.keys.push(key);
-        out.values.push(value);
-      }
+      if (out.scanned === before) break;
     }
     return out;
   }

@@ -125,7 +125,7 @@ export class ServerState implements OutputGate {
           wal_last_fsync_unix_ms: wal.lastFsyncAt,
           wal_last_error: wal.lastError ?? 'none',
           wal_live_bytes: this.compactor.liveLogBytes(),
-          wal_rewrite_in_progress: wal.rewriteInProgress ? 1 : 0,
+          wal_rewrite_in_progress: this.compactor.inProgress ? 1 : 0,
           wal_rewrites: wal.rewrites,
           wal_last_rewrite_ms: wal.lastRewriteMs,
           replay_records: this.replay?.records ?? 0,

@@ -43,17 +43,19 @@ export class RecordBatch {
     this.buf = bigger;
   }
 
-  /** Append one record; key and value are latin1 strings (one char per byte). */
-  append(type: RecordType, key: string, value: string): void {
-    const size = RECORD_HEADER + key.length + value.length;
+  /** Append one record (null stands for an empty key or value). */
+  append(type: RecordType, key: Uint8Array | null, value: Uint8Array | null): void {
+    const keyLen = key === null ? 0 : key.length;
+    const valueLen = value === null ? 0 : value.length;
+    const size = RECORD_HEADER + keyLen + valueLen;
     this.reserve(size);
     const buf = this.buf;
     const at = this.length;
     buf[at + 4] = type;
-    buf.writeUInt32LE(key.length, at + 5);
-    buf.writeUInt32LE(value.length, at + 9);
-    buf.write(key, at + RECORD_HEADER, 'latin1');
-    buf.write(value, at + RECORD_HEADER + key.length, 'latin1');
+    buf.writeUInt32LE(keyLen, at + 5);
+    buf.writeUInt32LE(valueLen, at + 9);
+    if (key !== null) buf.set(key, at + RECORD_HEADER);
+    if (value !== null) buf.set(value, at + RECORD_HEADER + keyLen);
     buf.writeUInt32LE(crc32(buf.subarray(at + 4, at + size)), at);
     this.length += size;
     this.records++;
@@ -78,9 +80,10 @@ export class RecordBatch {
   }
 }
 
-export function encodeRecord(type: RecordType, key: string, value = ''): Buffer {
+export function encodeRecord(type: RecordType, key: Uint8Array | string | null, value: Uint8Array | string | null = null): Buffer {
+  const bytes = (x: Uint8Array | string | null): Uint8Array | null => (typeof x === 'string' ? Buffer.from(x, 'latin1') : x);
   const batch = new RecordBatch();
-  batch.append(type, key, value);
+  batch.append(type, bytes(key), bytes(value));
   return Buffer.from(batch.bytes());
 }
 

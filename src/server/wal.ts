@@ -43,7 +43,8 @@ export interface ReplayStats {
   millis: number;
 }
 
-export type ApplyRecord = (type: RecordType, key: string, value: string) => void;
+/** Called per replayed record with views into the read buffer (copy to keep). */
+export type ApplyRecord = (type: RecordType, key: Buffer, value: Buffer) => void;
 
 export interface WalEvents {
   /** Every group up to and including `epoch` is durable (per the fsync policy). */
@@ -83,7 +84,7 @@ let commitRecord: Buffer | undefined;
 function encodeCommit(): Buffer {
   if (commitRecord === undefined) {
     const b = new RecordBatch();
-    b.append(RecordType.Commit, '', '');
+    b.append(RecordType.Commit, null, null);
     commitRecord = Buffer.from(b.bytes());
   }
   return commitRecord;
@@ -120,8 +121,8 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
 
     // Records of the group being read; applied when its COMMIT arrives.
     const types: RecordType[] = [];
-    const keys: string[] = [];
-    const values: string[] = [];
+    const keys: Buffer[] = [];
+    const values: Buffer[] = [];
     let pending = 0;
 
     let buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, fileSize));
@@ -142,8 +143,8 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
           goodEnd = bufStart + pos + rec.size;
         } else {
           types[pending] = rec.type;
-          keys[pending] = buf.toString('latin1', rec.keyStart, rec.keyStart + rec.keyLen);
-          values[pending] = buf.toString('latin1', rec.valueStart, rec.valueStart + rec.valueLen);
+          keys[pending] = buf.subarray(rec.keyStart, rec.keyStart + rec.keyLen);
+          values[pending] = buf.subarray(rec.valueStart, rec.valueStart + rec.valueLen);
           pending++;
         }
         pos += rec.size;
@@ -180,7 +181,9 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
       }
       // A bad record, or a record cut short by the end of the file.
       const reason = status === Parse.Short ? 'record cut short by end of file' : describeBad(buf, pos, bufLen);
-      if (status === Parse.Bad && !options.allowCorruption) assertTailOnly(fd, file, fileOffset, fileSize, reason);
+      // A damaged length can make a record look cut short by the end of the file: whether it is
+      // really the tail is decided the same way for both cases, by what follows.
+      if (!options.allowCorruption) assertTailOnly(fd, file, fileOffset, fileSize, reason);
       stats.droppedRecords = pending;
       stats.millis = performance.now() - started;
       return { stats, goodEnd, badAt: fileOffset, badReason: reason };
@@ -333,7 +336,7 @@ export class WriteAheadLog {
   }
 
   /** Add a record to the current group; returns the group's epoch. The flush happens at the end of this turn. */
-  append(type: RecordType, key: string, value = ''): number {
+  append(type: RecordType, key: Uint8Array | null, value: Uint8Array | null): number {
     if (this.closed) throw new Error('WAL is closed');
     this.batch.append(type, key, value);
     this.rewriting?.tail.append(type, key, value);
@@ -380,7 +383,7 @@ export class WriteAheadLog {
     const epoch = this.fillEpoch++;
     const reset = this.resetPending;
     this.resetPending = false;
-    if (writing.records > 0) writing.append(RecordType.Commit, '', '');
+    if (writing.records > 0) writing.append(RecordType.Commit, null, null);
     this.flushing = true;
     const data = writing.bytes();
     const finish = (err: Error | null): void => {
@@ -455,7 +458,16 @@ export class WriteAheadLog {
     // Records of the failed groups may already be in a rewrite's tail: that rewrite is void.
     this.abortRewrite(`write failed: ${err.message}`);
     this.lastError = `${(err as NodeJS.ErrnoException).code ?? 'EIO'}: ${err.message}`;
+    // The failed group may have reached the file (its fdatasync failed after the write): cut it
+    // off now, before anyone is told it failed, so a restart cannot bring it back. If even that
+    // fails, the next group truncates first, and close() tries again.
     this.needsTruncate = true;
+    try {
+      fs.ftruncateSync(this.fd, this.size);
+      this.needsTruncate = false;
+    } catch {
+      // keep needsTruncate
+    }
     const upTo = this.batch.records > 0 || this.resetPending ? this.fillEpoch++ : epoch;
     this.batch.reset();
     this.resetPending = false;
@@ -485,7 +497,7 @@ export class WriteAheadLog {
    * after it, the new one, which is complete because it was synced before the rename. A failed
    * group or a RESET during the rewrite aborts it.
    */
-  async rewrite(snapshot: () => Iterator<[RecordType, string, string]>): Promise<{ ok: boolean; reason?: string; before: number; after: number }> {
+  async rewrite(fill: (batch: RecordBatch) => boolean): Promise<{ ok: boolean; reason?: string; before: number; after: number }> {
     if (this.rewriting !== undefined) return { ok: false, reason: 'a rewrite is already running', before: this.size, after: this.size };
     const started = performance.now();
     const before = this.size;
@@ -506,21 +518,11 @@ export class WriteAheadLog {
     try {
       await writeChunk(MAGIC);
       const chunk = new RecordBatch();
-      const it = snapshot();
       for (let done = false; !done; ) {
-        const deadline = performance.now() + 4;
-        let n = 0;
-        for (;;) {
-          const step = it.next();
-          if (step.done) {
-            done = true;
-            break;
-          }
-          chunk.append(step.value[0], step.value[1], step.value[2]);
-          if (++n % 256 === 0 && (performance.now() > deadline || chunk.length > 4 * 1024 * 1024)) break;
-        }
+        // `fill` adds a bounded amount of the snapshot per call (a few ms of work).
+        done = fill(chunk);
         if (chunk.records > 0) {
-          chunk.append(RecordType.Commit, '', '');
+          chunk.append(RecordType.Commit, null, null);
           await writeChunk(Buffer.from(chunk.bytes()));
           chunk.reset();
         }
@@ -620,6 +622,7 @@ export class WriteAheadLog {
     this.closed = true;
     if (this.syncTimer) clearInterval(this.syncTimer);
     try {
+      if (this.needsTruncate) fs.ftruncateSync(this.fd, this.size);
       fs.fdatasyncSync(this.fd);
     } catch {
       // Nothing left to report to: every reply already reflects its own fsync.

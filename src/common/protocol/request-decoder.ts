@@ -168,8 +168,9 @@ export class RequestDecoder {
     return Decode.Request;
   }
 
+  /** A line still arriving is too long once it cannot fit even if its next bytes are CR LF. */
   private lineTooLong(): boolean {
-    return this.q.lineLength > this.limits.maxLineBytes;
+    return this.q.lineLength > this.limits.maxLineBytes + 1;
   }
 
   /** Only RESP framing errors are fatal, so the final ERR goes out in RESP. */

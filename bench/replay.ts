@@ -1,0 +1,145 @@
+// npm run bench:replay — restart time with 1M keys of 100-byte values (KEYS env to change).
+//
+// kvstore: a WAL of KEYS SET records is written directly in the on-disk format, then a real
+// kv-server is started on it; we time spawn -> port answering PING, and read the server's own
+// replay_ms from INFO. Redis (if redis-server is installed): the same keys loaded through
+// `redis-cli --pipe` into an appendonly server, which is then restarted on its AOF; we time
+// spawn -> PING answered and read "DB loaded from append only file: X seconds" from its log.
+// Runs alternate kvstore / redis, ROUNDS times; medians are printed.
+import fs from 'node:fs';
+import path from 'node:path';
+import net from 'node:net';
+import { spawn, spawnSync } from 'node:child_process';
+import { MAGIC, RecordBatch, RecordType } from '../src/server/wal-format.js';
+import { freePort, startServer, stopAll, tempDir } from './cluster.js';
+import { ProxyConnection } from '../src/client/connection.js';
+
+const KEYS = Number(process.env.KEYS ?? 1_000_000);
+const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const VALUE = 'v'.repeat(100);
+const key = (i: number): string => `key:${String(i).padStart(10, '0')}`;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function writeWal(file: string): void {
+  const fd = fs.openSync(file, 'w');
+  fs.writeSync(fd, MAGIC);
+  const batch = new RecordBatch();
+  for (let i = 0; i < KEYS; i++) {
+    batch.append(RecordType.Set, key(i), VALUE);
+    if (batch.records === 1000 || i === KEYS - 1) {
+      batch.append(RecordType.Commit, '', '');
+      fs.writeSync(fd, batch.bytes());
+      batch.reset();
+    }
+  }
+  fs.closeSync(fd);
+}
+
+async function waitForPing(port: number, deadlineMs = 120_000): Promise<void> {
+  const until = Date.now() + deadlineMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('error', () => resolve(false));
+      s.once('connect', () => s.write('*1\r\n$4\r\nPING\r\n'));
+      s.once('data', (d) => {
+        s.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
+    });
+    if (ok) return;
+    if (Date.now() > until) throw new Error(`port ${port} never answered PING`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function kvRound(dir: string, port: number): Promise<{ wallMs: number; replayMs: number; rssMb: number }> {
+  const t = performance.now();
+  const p = await startServer(dir, port);
+  const wallMs = performance.now() - t;
+  const conn = new ProxyConnection('127.0.0.1', port);
+  const info = await conn.send(['INFO']);
+  conn.close();
+  const text = info.type === 'bulk' && info.value ? info.value.toString() : '';
+  const replayMs = Number(/replay_ms:(\d+)/.exec(text)?.[1] ?? NaN);
+  const rssMb = Number(/used_memory_rss:(\d+)/.exec(text)?.[1] ?? NaN) / 1e6;
+  p.proc.kill('SIGKILL');
+  await new Promise((r) => p.proc.once('exit', r));
+  return { wallMs, replayMs, rssMb };
+}
+
+function haveRedis(): boolean {
+  return spawnSync('redis-server', ['--version']).status === 0 && spawnSync('redis-cli', ['--version']).status === 0;
+}
+
+async function redisPrepare(dir: string, port: number): Promise<void> {
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'no', '--save', '', '--aof-use-rdb-preamble', 'no', '--auto-aof-rewrite-percentage', '0'];
+  const srv = spawn('redis-server', args, { stdio: 'ignore' });
+  await waitForPing(port);
+  const lines: string[] = [];
+  for (let i = 0; i < KEYS; i++) lines.push(`*3\r\n$3\r\nSET\r\n$${key(i).length}\r\n${key(i)}\r\n$${VALUE.length}\r\n${VALUE}\r\n`);
+  const pipe = spawnSync('redis-cli', ['-p', String(port), '--pipe'], { input: lines.join(''), maxBuffer: 1 << 26 });
+  if (pipe.status !== 0) throw new Error(`redis-cli --pipe failed: ${pipe.stderr}`);
+  spawnSync('redis-cli', ['-p', String(port), 'shutdown', 'nosave']);
+  await new Promise((r) => srv.once('exit', r));
+}
+
+async function redisRound(dir: string, port: number): Promise<{ wallMs: number; loadMs: number; rssMb: number }> {
+  const log = path.join(dir, 'redis.log');
+  fs.rmSync(log, { force: true });
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--logfile', log, '--auto-aof-rewrite-percentage', '0'];
+  const t = performance.now();
+  const srv = spawn('redis-server', args, { stdio: 'ignore' });
+  await waitForPing(port);
+  const wallMs = performance.now() - t;
+  const text = fs.readFileSync(log, 'utf8');
+  const loadMs = Number(/DB loaded from (?:append only file|disk): ([\d.]+) seconds/.exec(text)?.[1] ?? NaN) * 1000;
+  const info = spawnSync('redis-cli', ['-p', String(port), 'info', 'memory']).stdout.toString();
+  const rssMb = Number(/used_memory_rss:(\d+)/.exec(info)?.[1] ?? NaN) / 1e6;
+  srv.kill('SIGKILL');
+  await new Promise((r) => srv.once('exit', r));
+  return { wallMs, loadMs, rssMb };
+}
+
+const kvDir = tempDir('kv-bench-replay-');
+const kvPort = await freePort();
+console.log(`writing a WAL of ${KEYS} keys x ${VALUE.length} B ...`);
+writeWal(path.join(kvDir, `wal_${kvPort}.log`));
+console.log(`WAL size: ${(fs.statSync(path.join(kvDir, `wal_${kvPort}.log`)).size / 1e6).toFixed(1)} MB`);
+
+const redis = haveRedis();
+const redisDir = tempDir('kv-bench-replay-redis-');
+const redisPort = await freePort();
+if (redis) {
+  console.log('loading the same keys into redis-server (appendonly) ...');
+  await redisPrepare(redisDir, redisPort);
+} else {
+  console.log('redis-server/redis-cli not installed (apt-get install -y redis-server redis-tools): benchmarking kvstore alone');
+}
+
+const kv: { wallMs: number; replayMs: number; rssMb: number }[] = [];
+const rd: { wallMs: number; loadMs: number; rssMb: number }[] = [];
+for (let r = 0; r < ROUNDS; r++) {
+  kv.push(await kvRound(kvDir, kvPort));
+  console.log(`kvstore round ${r + 1}: ready in ${kv[r]!.wallMs.toFixed(0)} ms (replay ${kv[r]!.replayMs} ms), RSS ${kv[r]!.rssMb.toFixed(0)} MB`);
+  if (redis) {
+    rd.push(await redisRound(redisDir, redisPort));
+    console.log(`redis   round ${r + 1}: ready in ${rd[r]!.wallMs.toFixed(0)} ms (load ${rd[r]!.loadMs.toFixed(0)} ms), RSS ${rd[r]!.rssMb.toFixed(0)} MB`);
+  }
+}
+console.log('\nmedians');
+console.log(`kvstore: restart ${median(kv.map((x) => x.wallMs)).toFixed(0)} ms, replay ${median(kv.map((x) => x.replayMs))} ms, RSS ${median(kv.map((x) => x.rssMb)).toFixed(0)} MB`);
+if (redis) {
+  const kvWall = median(kv.map((x) => x.wallMs));
+  const rWall = median(rd.map((x) => x.wallMs));
+  console.log(`redis:   restart ${rWall.toFixed(0)} ms, load ${median(rd.map((x) => x.loadMs)).toFixed(0)} ms, RSS ${median(rd.map((x) => x.rssMb)).toFixed(0)} MB`);
+  console.log(`ratio kvstore/redis: restart ${(kvWall / rWall).toFixed(2)}x, RSS ${(median(kv.map((x) => x.rssMb)) / median(rd.map((x) => x.rssMb))).toFixed(2)}x`);
+}
+stopAll();
+fs.rmSync(kvDir, { recursive: true, force: true });
+fs.rmSync(redisDir, { recursive: true, force: true });
+process.exit(0);
