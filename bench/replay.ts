@@ -28,10 +28,11 @@ function writeWal(file: string): void {
   const fd = fs.openSync(file, 'w');
   fs.writeSync(fd, MAGIC);
   const batch = new RecordBatch();
+  const value = Buffer.from(VALUE);
   for (let i = 0; i < KEYS; i++) {
-    batch.append(RecordType.Set, key(i), VALUE);
+    batch.append(RecordType.Set, Buffer.from(key(i)), value);
     if (batch.records === 1000 || i === KEYS - 1) {
-      batch.append(RecordType.Commit, '', '');
+      batch.append(RecordType.Commit, null, null);
       fs.writeSync(fd, batch.bytes());
       batch.reset();
     }

@@ -189,6 +189,8 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   const state = new ServerState(data, log, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
   let opened;
   try {
+    // The log's size bounds what the replay will hold: size the arenas once, trim afterwards.
+    if (fs.existsSync(walFile)) data.store.reserve(fs.statSync(walFile).size);
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
       apply: (type, key, value) => data.replay(type, key, value),
@@ -215,6 +217,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     throw err;
   }
   data.wal = opened.wal;
+  data.store.trim();
   state.replay = opened.stats;
   state.compactor = new Compactor(opened.wal, data.store, options.compaction ?? DEFAULT_COMPACTION, log);
   // A rewrite interrupted by a crash leaves its temp file behind; the log itself is intact.

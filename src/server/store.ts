@@ -159,7 +159,7 @@ class Shard {
     const size = HEADER + key.length + (value === null ? 0 : value.length);
     if (this.used + size > this.arena.length) {
       let cap = Math.max(this.arena.length, 64 * 1024);
-      while (this.used + size > cap) cap = Math.ceil(cap * 1.5);
+      while (this.used + size > cap) cap *= 2;
       const bigger = Buffer.allocUnsafe(cap);
       this.arena.copy(bigger, 0, 0, this.used);
       this.arena = bigger;
@@ -173,6 +173,22 @@ class Shard {
     if (value !== null) arena.set(value, off + HEADER + key.length);
     this.used += size;
     return off;
+  }
+
+  /** Make room for `bytes` more without growing (e.g. before a replay). */
+  reserve(bytes: number): void {
+    if (this.arena.length - this.used >= bytes) return;
+    const bigger = Buffer.allocUnsafe(this.used + bytes);
+    this.arena.copy(bigger, 0, 0, this.used);
+    this.arena = bigger;
+  }
+
+  /** Give back the arena's spare room (after a bulk load such as a replay). */
+  trim(): void {
+    if (this.arena.length - this.used < 64 * 1024) return;
+    const exact = Buffer.allocUnsafe(Math.max(this.used, 1024));
+    this.arena.copy(exact, 0, 0, this.used);
+    this.arena = exact;
   }
 
   /**
@@ -511,6 +527,20 @@ export class ShardedStore {
         if (this.undoNew[u]! >= 0) this.undoNew[u] = moved.get(this.undoNew[u]!)!;
       }
     }
+  }
+
+  /**
+   * Before a bulk load of about `bytes` of entries (a replay: the WAL's size is an upper bound),
+   * size the arenas once instead of growing them step by step; trim() gives back what is unused.
+   */
+  reserve(bytes: number): void {
+    const each = Math.ceil((bytes * 1.05) / this.shards.length);
+    for (const shard of this.shards) shard.reserve(each);
+  }
+
+  /** Release the arenas' spare room, e.g. once replay is done (growth leaves up to half unused). */
+  trim(): void {
+    for (const shard of this.shards) shard.trim();
   }
 
   // --- walking the data ------------------------------------------------------------------
