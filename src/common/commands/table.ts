@@ -91,11 +91,13 @@ export const COMMANDS = {
 export type CommandName = keyof typeof COMMANDS;
 
 const BY_NAME: ReadonlyMap<string, CommandSpec> = new Map(Object.entries(COMMANDS));
+/** Lower- and upper-case spellings, so the usual cases are found without lower-casing. */
+const BY_SPELLING: ReadonlyMap<string, CommandSpec> = new Map(Object.values(COMMANDS).flatMap((c) => [[c.name, c] as const, [c.name.toUpperCase(), c] as const]));
 
 /** Look up a command by its name as sent (any case). */
 export function lookupCommand(name: Buffer | string): CommandSpec | undefined {
   const text = typeof name === 'string' ? name : name.toString('latin1');
-  return BY_NAME.get(text) ?? BY_NAME.get(text.toLowerCase());
+  return BY_SPELLING.get(text) ?? BY_NAME.get(text.toLowerCase());
 }
 
 export function allCommands(): CommandSpec[] {

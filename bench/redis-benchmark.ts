@@ -1,0 +1,209 @@
+// npm run bench — kvstore next to its users' alternative, twemproxy + Redis (appendfsync always),
+// measured side by side in one run with redis-benchmark. Prints a table of ratios (docs/performance.md).
+//
+//  1. SET and GET through the proxy vs through twemproxy, plain (-c 50) and pipelined (-P 16),
+//     alternating A B A B (ROUNDS times) and taking medians, since this machine is shared and noisy.
+//  2. Durable SET/s at 50 clients directly against one kv-server, as a multiple of the disk's
+//     write+fdatasync rate measured here in the same run.
+//  3. RSS with KEYS keys of 100 bytes, kv-server vs redis-server.
+//  4. Restart time with those keys, kv-server vs redis-server (AOF).
+//  5. Proxy overhead at low load: p50 of GET with one client, via the proxy vs directly.
+// Where redis-benchmark is missing nothing can be measured; where the peer (redis-server,
+// nutcracker) is missing, kvstore is measured alone and the script says so.
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+import { freePort, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
+import { pipelined } from './load.js';
+import { ProxyConnection } from '../src/client/connection.js';
+
+const ROUNDS = Number(process.env.ROUNDS ?? 2);
+const REQUESTS = Number(process.env.REQUESTS ?? 200_000);
+const KEYS = Number(process.env.KEYS ?? 1_000_000);
+const here = path.dirname(fileURLToPath(import.meta.url));
+const PEER = process.env.PEER_SCRIPT ?? path.resolve(here, '../../shared/peers/twemproxy-redis.sh');
+const PEER_PORT = 22121;
+
+function have(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)]!;
+}
+
+interface Run {
+  rps: number;
+  p50: number;
+  p99: number;
+}
+
+/** One redis-benchmark test; returns requests/s and latency percentiles (ms). */
+function redisBenchmark(port: number, test: 'set' | 'get', extra: string[], n = REQUESTS): Run {
+  const args = ['-p', String(port), '-t', test, '-r', '100000', '-n', String(n), '--csv', ...extra];
+  const out = spawnSync('redis-benchmark', args, { encoding: 'utf8', timeout: 600_000 });
+  const line = out.stdout.split('\n').find((l) => l.startsWith(`"${test.toUpperCase()}"`));
+  if (!line) throw new Error(`redis-benchmark ${args.join(' ')} gave no result:\n${out.stdout}\n${out.stderr}`);
+  const f = line.split(',').map((x) => Number(x.replace(/"/g, '')));
+  return { rps: f[1]!, p50: f[4]!, p99: f[6]! };
+}
+
+async function diskWriteFsyncRate(dir: string, ms = 2000): Promise<number> {
+  const file = path.join(dir, 'fsync-probe');
+  const fd = fs.openSync(file, 'w');
+  const record = Buffer.alloc(128, 1);
+  let n = 0;
+  const until = performance.now() + ms;
+  while (performance.now() < until) {
+    fs.writeSync(fd, record);
+    fs.fdatasyncSync(fd);
+    n++;
+  }
+  fs.closeSync(fd);
+  fs.rmSync(file);
+  return n / (ms / 1000);
+}
+
+async function rssOf(port: number): Promise<number> {
+  const conn = new ProxyConnection('127.0.0.1', port);
+  const info = await conn.send(['INFO', 'memory']);
+  conn.close();
+  const text = info.type === 'bulk' && info.value ? info.value.toString() : '';
+  return Number(/used_memory_rss:(\d+)/.exec(text)?.[1] ?? NaN) / 1e6;
+}
+
+function* loadRequests(): Generator<string[]> {
+  const value = 'v'.repeat(100);
+  for (let i = 0; i < KEYS; i += 100) {
+    const args = ['MSET'];
+    for (let k = i; k < Math.min(KEYS, i + 100); k++) args.push(`key:${String(k).padStart(10, '0')}`, value);
+    yield args;
+  }
+}
+
+async function waitForPing(port: number): Promise<void> {
+  for (const until = Date.now() + 120_000; Date.now() < until; ) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('error', () => resolve(false));
+      s.once('connect', () => s.write('PING\r\n'));
+      s.once('data', (d) => {
+        s.destroy();
+        resolve(d.toString().includes('PONG'));
+      });
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`port ${port} never answered`);
+}
+
+const rows: [string, string, string, string, string][] = [];
+const row = (measure: string, kv: string, peer: string, ratio: string, target: string): void => {
+  rows.push([measure, kv, peer, ratio, target]);
+  console.log(`  ${measure}: kvstore ${kv} | peer ${peer} | ratio ${ratio} (target ${target})`);
+};
+
+if (!have('redis-benchmark')) {
+  console.error('redis-benchmark is not installed (apt-get install -y redis-tools); nothing to measure.');
+  process.exit(1);
+}
+const peerAvailable = have('redis-server') && have('nutcracker') && fs.existsSync(PEER);
+if (!peerAvailable) console.log(`the reference peer is not available (needs redis-server, nutcracker and ${PEER}): benchmarking kvstore alone`);
+
+const dir = tempDir('kv-bench-');
+const servers: Proc[] = [await startServer(dir), await startServer(dir)];
+const proxy = await startProxy(dir);
+const admin = new ProxyConnection('127.0.0.1', proxy.port);
+for (const s of servers) await admin.send(['ADD', `127.0.0.1:${s.port}`]);
+admin.close();
+const peerDir = tempDir('kv-bench-peer-');
+if (peerAvailable) {
+  spawnSync('bash', [PEER, 'stop', peerDir]);
+  const started = spawnSync('bash', [PEER, 'start', peerDir], { encoding: 'utf8' });
+  if (started.status !== 0) throw new Error(`peer failed to start: ${started.stderr}`);
+}
+process.on('exit', () => {
+  if (peerAvailable) spawnSync('bash', [PEER, 'stop', peerDir]);
+});
+
+console.log(`\n1. redis-benchmark -t set,get -r 100000 -c 50 -n ${REQUESTS}, plain and -P 16, alternating A B (${ROUNDS} rounds)`);
+for (const [label, extra] of [
+  ['plain', ['-c', '50']],
+  ['-P 16', ['-c', '50', '-P', '16']],
+] as const) {
+  for (const test of ['set', 'get'] as const) {
+    const kv: Run[] = [];
+    const peer: Run[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      kv.push(redisBenchmark(proxy.port, test, [...extra]));
+      if (peerAvailable) peer.push(redisBenchmark(PEER_PORT, test, [...extra]));
+    }
+    const k = median(kv.map((x) => x.rps));
+    const p = median(peer.map((x) => x.rps));
+    row(`${test.toUpperCase()} ${label} (req/s)`, k.toFixed(0), peerAvailable ? p.toFixed(0) : 'n/a', peerAvailable ? `${(k / p).toFixed(2)}x` : 'n/a', '>= 1.0x (min 0.7x)');
+    row(`${test.toUpperCase()} ${label} p50/p99 (ms)`, `${median(kv.map((x) => x.p50)).toFixed(3)}/${median(kv.map((x) => x.p99)).toFixed(3)}`, peerAvailable ? `${median(peer.map((x) => x.p50)).toFixed(3)}/${median(peer.map((x) => x.p99)).toFixed(3)}` : 'n/a', '', 'report');
+  }
+}
+
+console.log('\n2. durable SET/s at 50 clients on one kv-server vs the disk write+fdatasync rate');
+const diskRate = await diskWriteFsyncRate(dir);
+const direct = redisBenchmark(servers[0]!.port, 'set', ['-c', '50'], Math.min(REQUESTS, 100_000));
+row('durable SET/s, 50 clients, one server', direct.rps.toFixed(0), `disk ${diskRate.toFixed(0)} write+fsync/s`, `${(direct.rps / diskRate).toFixed(1)}x`, '>= 10x the disk rate');
+
+console.log(`\n3-4. ${KEYS} keys x 100 B: RSS and restart time, kv-server vs redis-server`);
+const memDir = tempDir('kv-bench-mem-');
+const kvMem = await startServer(memDir);
+const loadErrors = await pipelined(kvMem.port, loadRequests(), 64);
+if (loadErrors > 0) console.log(`  (${loadErrors} errors while loading kvstore)`);
+const kvRss = await rssOf(kvMem.port);
+kvMem.proc.kill('SIGKILL');
+await new Promise((r) => kvMem.proc.once('exit', r));
+let t = performance.now();
+const kvAgain = await startServer(memDir, kvMem.port);
+const kvRestart = performance.now() - t;
+const kvRssAfter = await rssOf(kvAgain.port);
+kvAgain.proc.kill('SIGKILL');
+
+let redisRss = NaN;
+let redisRestart = NaN;
+if (have('redis-server')) {
+  const rport = await freePort();
+  const rdir = tempDir('kv-bench-redis-');
+  const rargs = ['--port', String(rport), '--bind', '127.0.0.1', '--dir', rdir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--auto-aof-rewrite-percentage', '0'];
+  const r1 = spawn('redis-server', rargs, { stdio: 'ignore' });
+  await waitForPing(rport);
+  await pipelined(rport, loadRequests(), 64);
+  redisRss = await rssOf(rport);
+  r1.kill('SIGKILL');
+  await new Promise((r) => r1.once('exit', r));
+  t = performance.now();
+  const r2 = spawn('redis-server', rargs, { stdio: 'ignore' });
+  await waitForPing(rport);
+  redisRestart = performance.now() - t;
+  r2.kill('SIGKILL');
+  await new Promise((r) => r2.once('exit', r));
+  fs.rmSync(rdir, { recursive: true, force: true });
+}
+row(`RSS with ${KEYS} keys (MB)`, `${kvRss.toFixed(0)} (after restart ${kvRssAfter.toFixed(0)})`, Number.isNaN(redisRss) ? 'n/a' : redisRss.toFixed(0), Number.isNaN(redisRss) ? 'n/a' : `${(kvRss / redisRss).toFixed(2)}x`, '<= 1.2x redis');
+row(`restart with ${KEYS} keys (ms, spawn to PING)`, kvRestart.toFixed(0), Number.isNaN(redisRestart) ? 'n/a' : redisRestart.toFixed(0), Number.isNaN(redisRestart) ? 'n/a' : `${(kvRestart / redisRestart).toFixed(2)}x`, "<= redis's load time");
+
+console.log('\n5. proxy overhead at low load: GET p50 with 1 client, via the proxy vs directly');
+const viaProxy: number[] = [];
+const directly: number[] = [];
+for (let r = 0; r < ROUNDS; r++) {
+  viaProxy.push(redisBenchmark(proxy.port, 'get', ['-c', '1'], 20_000).p50);
+  directly.push(redisBenchmark(servers[0]!.port, 'get', ['-c', '1'], 20_000).p50);
+}
+const overheadUs = (median(viaProxy) - median(directly)) * 1000;
+row('GET p50, 1 client (ms)', `${median(viaProxy).toFixed(3)} via proxy`, `${median(directly).toFixed(3)} direct`, `+${overheadUs.toFixed(0)} us`, '<= +100 us');
+
+console.log('\n| measure | kvstore | peer / reference | ratio | target |\n|---|---|---|---|---|');
+for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+stopAll();
+fs.rmSync(dir, { recursive: true, force: true });
+fs.rmSync(memDir, { recursive: true, force: true });
+process.exit(0);
