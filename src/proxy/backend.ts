@@ -30,6 +30,8 @@ export interface BackendOptions {
 }
 
 const BACKOFF_MIN_MS = 100;
+
+function ignoreReply(): void {}
 const BACKOFF_MAX_MS = 2000;
 
 export class Backend {
@@ -51,7 +53,9 @@ export class Backend {
   private retryAt = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
-  private awaitingAuth = false;
+  /** Replies to our own handshake (AUTH) still to come, before the FIFO's. */
+  private handshake = 0;
+  private authPending = false;
   requests = 0;
 
   constructor(
@@ -131,7 +135,8 @@ export class Backend {
     socket.setTimeout(connectTimeoutMs, () => socket.destroy(new Error(`connect timeout after ${connectTimeoutMs} ms`)));
     // With a node password, AUTH is the first thing on the wire; its reply is consumed before
     // the FIFO (see onData), so queued requests keep their order behind it.
-    this.awaitingAuth = password !== undefined && password !== '';
+    this.authPending = password !== undefined && password !== '';
+    this.handshake = this.authPending ? 1 : 0;
     socket.on('connect', () => {
       socket.setTimeout(0);
       this.connected = true;
@@ -139,9 +144,13 @@ export class Backend {
       this.backoffMs = BACKOFF_MIN_MS;
       this.lastError = '';
       this.options.logger.info({ node: this.address }, 'connected to node');
-      const auth = this.awaitingAuth ? encodeRespRequest(['AUTH', password!]) : undefined;
       const queued = this.out.take();
+      const auth = this.authPending ? encodeRespRequest(['AUTH', password!]) : undefined;
       if (auth !== undefined || queued.length > 0) socket.write(auth === undefined ? queued : Buffer.concat([auth, queued]));
+      // We read everything the server sends: ask it to throttle us rather than cut us off when
+      // a burst of large replies piles up (ClientConnection.outputFull). Queued behind the
+      // requests already waiting, so a health check sees the node's answer to its own request.
+      this.enqueue(['CLIENT', 'NO-EVICT', 'on'], ignoreReply, 0);
     });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => {
@@ -164,12 +173,15 @@ export class Backend {
         return;
       }
       if (reply === undefined) break;
-      if (this.awaitingAuth) {
-        this.awaitingAuth = false;
-        if (reply.type === 'error') {
-          this.lastError = `node refused our password: ${reply.message}`;
-          this.socket?.destroy();
-          return;
+      if (this.handshake > 0) {
+        this.handshake--;
+        if (this.authPending) {
+          this.authPending = false;
+          if (reply.type === 'error') {
+            this.lastError = `node refused our password: ${reply.message}`;
+            this.socket?.destroy();
+            return;
+          }
         }
         continue;
       }

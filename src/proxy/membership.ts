@@ -123,6 +123,8 @@ export class Membership {
     const backend = this.pool.get(node);
     const reply = await backend.call(['NODEINFO']);
     if (reply.type === 'error') {
+      // Something answered, but not in RESP: a web server, a database of another kind...
+      if (/protocol error/i.test(reply.message)) return `ERR ${node} is not a kv-server (it answered something that is not RESP)`;
       return reply.message.startsWith('ERR node') ? reply.message : `ERR ${node} is not a kv-server (NODEINFO: ${reply.message})`;
     }
     if (reply.type !== 'array' || reply.items === null || reply.items[0]?.type !== 'bulk' || reply.items[0].value?.toString() !== 'kvstore-server') {

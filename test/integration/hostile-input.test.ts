@@ -4,7 +4,7 @@
 // (docs/protocol.md, "Limits"), and the limits follow their flags.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanup, nodeAddress, startProxy, startServer, tempDir, TextClient, type ProcHandle } from './harness.js';
-import { assertServing, destroyRawConnections, isRunning, mib, MiB, peakRssBytes, RawConnection, resetPeakRss, resp, rssBytes, sendUntilClosed } from './support-robustness.js';
+import { assertServing, destroyRawConnections, isRunning, mib, MiB, peakRssBytes, RawConnection, resetPeakRss, resp, rssBytes, sendUntilClosed, TARGETS, type TargetKind } from './support-robustness.js';
 
 /**
  * How much a process may grow while it is fed tens of MiB it must not keep. Measured after
@@ -23,7 +23,7 @@ interface Target {
 }
 
 const SMALL_LIMITS = ['--max-line', '1kb', '--max-bulk', '4kb', '--max-args', '8'];
-const targets = new Map<string, Target>();
+const targets = new Map<TargetKind, Target>();
 
 beforeAll(async () => {
   const [main, small, backend] = await Promise.all([
@@ -46,7 +46,7 @@ afterAll(async () => {
   await cleanup();
 });
 
-function target(name: string): Target {
+function target(name: TargetKind): Target {
   const t = targets.get(name);
   if (t === undefined) throw new Error(`${name} did not start`);
   return t;
@@ -100,7 +100,7 @@ function prng(seed: number): () => number {
   };
 }
 
-describe.each(['kv-server', 'kv-proxy'])('%s under hostile input', (name) => {
+describe.each(TARGETS)('%s under hostile input', (name) => {
   it('a 64 MiB line with no newline gets ERR line too long, is not buffered, and the line after it works', async () => {
     const { main } = target(name);
     await warmUp(main);

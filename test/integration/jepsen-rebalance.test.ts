@@ -3,8 +3,8 @@
 // Three servers and a proxy; two servers are members and hold 50,000 "stable" keys (~100 bytes
 // each). Then, through the proxy, on their own sockets and all at once:
 //  - WRITERS clients, each owning a disjoint set of keys, loop SET <key> <unique value> / DEL <key>
-//    at random, one request at a time, recording every operation as acked (OK, DELETED,
-//    NOT_FOUND) or unknown (an error reply, a timeout, a dropped connection);
+//    at random (one operation at a time per key), recording every operation as acked (OK,
+//    DELETED, NOT_FOUND) or unknown (an error reply, a timeout, a dropped connection);
 //  - READERS clients GET random stable keys (which never change) and random writer keys.
 // While they run, the third server is ADDed and one of the original two REMOVEd. Afterwards a
 // checker replays the histories:
@@ -98,12 +98,21 @@ async function request(client: TextClient, line: string): Promise<string> {
   }
 }
 
+/** Operations a writer keeps in flight on its connection, each on its own subset of its keys. */
+const LANES = 4;
+
+/**
+ * One client connection and its own keys. The keys are split into LANES subsets; each lane
+ * sends one operation at a time on its subset, so the operations on any one key are strictly
+ * sequential (what the checker relies on) while the connection carries up to LANES at once.
+ */
 class Writer {
   readonly history = new Map<string, Op[]>();
   /** Keys no longer written after an operation whose request may still be in flight. */
   readonly retired = new Set<string>();
   acked = 0;
   private seq = 0;
+  private client: Promise<TextClient>;
 
   constructor(
     readonly id: number,
@@ -112,17 +121,24 @@ class Writer {
     private readonly random: () => number,
   ) {
     for (const k of keys) this.history.set(k, []);
+    this.client = TextClient.connect(port);
   }
 
   async run(load: Load): Promise<void> {
-    let client = await TextClient.connect(this.port);
+    const lanes = Array.from({ length: LANES }, (_, lane) => this.keys.filter((_, i) => i % LANES === lane));
+    await Promise.all(lanes.map((keys) => this.lane(keys, load)));
+    (await this.client).close();
+  }
+
+  private async lane(keys: readonly string[], load: Load): Promise<void> {
     while (load.running) {
-      const live = this.keys.filter((k) => !this.retired.has(k));
-      if (live.length === 0) break;
+      const live = keys.filter((k) => !this.retired.has(k));
+      if (live.length === 0) return;
       const key = live[Math.floor(this.random() * live.length)]!;
       const ops = this.history.get(key)!;
       const kind = this.random() < 0.7 ? 'set' : 'del';
       const value = `w${this.id}.${key}.s${this.seq++}`;
+      const client = await this.client;
       const invokedAt = performance.now();
       const reply = await request(client, kind === 'set' ? `SET ${key} ${value}` : `DEL ${key}`);
       const completedAt = performance.now();
@@ -135,10 +151,9 @@ class Writer {
         // this key's history ends here; the checker allows its effect as a possible final state.
         this.retired.add(key);
         client.socket.destroy();
-        client = await TextClient.connect(this.port);
+        if ((await this.client) === client) this.client = TextClient.connect(this.port);
       }
     }
-    client.close();
   }
 }
 

@@ -32,11 +32,13 @@ beforeAll(async () => {
 
 afterAll(async () => {
   destroyRawConnections();
-  await cleanup();
-  if (lab !== undefined) {
-    await lab.destroy();
-    expect(lab.leftovers(), 'namespaces and links left behind').toEqual([]);
+  try {
+    // The servers in the namespaces first (by pid), then the namespaces and links.
+    await lab?.destroy();
+  } finally {
+    await cleanup();
   }
+  if (lab !== undefined) expect(lab.leftovers(), 'namespaces and links left behind').toEqual([]);
 });
 
 /** GET on a fresh proxy connection: the reply and how long it took. */

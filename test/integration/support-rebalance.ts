@@ -86,16 +86,25 @@ export async function readBackWrong(port: number, expected: ReadonlyMap<string, 
   return wrong;
 }
 
-/** `GET` replies for `keys` through one pipelined connection, `chunk` at a time. */
-export async function getAll(port: number, keys: readonly string[], chunk = 5000): Promise<string[]> {
-  const client = await TextClient.connect(port);
-  try {
-    const out: string[] = [];
-    for (let i = 0; i < keys.length; i += chunk) out.push(...(await client.pipeline(keys.slice(i, i + chunk).map((k) => `GET ${k}`))));
-    return out;
-  } finally {
-    client.close();
-  }
+/** `GET` replies for `keys`, in order: `chunk` GETs per pipeline on each of `connections` connections. */
+export async function getAll(port: number, keys: readonly string[], connections = 4, chunk = 2000): Promise<string[]> {
+  const out = new Array<string>(keys.length);
+  const starts: number[] = [];
+  for (let i = 0; i < keys.length; i += chunk) starts.push(i);
+  await Promise.all(
+    deal(starts, connections).map(async (mine) => {
+      const client = await TextClient.connect(port);
+      try {
+        for (const start of mine) {
+          const replies = await client.pipeline(keys.slice(start, start + chunk).map((k) => `GET ${k}`), 60_000);
+          replies.forEach((r, j) => (out[start + j] = r));
+        }
+      } finally {
+        client.close();
+      }
+    }),
+  );
+  return out;
 }
 
 /** DBSIZE of each server asked directly, in order. */

@@ -1,9 +1,13 @@
 // Extra machinery for the robustness tests (hostile input, connection limits, failing nodes,
 // authentication, several hosts). harness.ts stays the source of processes, ports and cleanup;
 // this file adds what those tests need on top of it:
-//  - RawConnection: a socket that records every byte and the moment it closed, so a test can
-//    ask "which bytes came back, and did the peer hang up?" without a protocol client hiding it;
-//  - RSS of a process from /proc, and a small RESP request encoder;
+//  - RawConnection: a socket that keeps the bytes it receives and the moment it closed, so a
+//    test can ask "which bytes came back, and did the peer hang up?" without a protocol client
+//    hiding either;
+//  - RSS and peak RSS of a process from /proc, and a small RESP request encoder;
+//  - the same test against a kv-server or a kv-proxy (startTarget), and which server owns
+//    which key (keysByOwner);
+//  - fake servers that are not kv-servers;
 //  - network namespaces joined to the root namespace by veth pairs, with processes started
 //    inside them, all torn down by pid and by name.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -150,8 +154,10 @@ export interface RawConnectOptions {
  */
 export class RawConnection {
   private chunks: Buffer[] = [];
-  /** Bytes received and not yet taken by line()/reply() (taken bytes are dropped, so a long
-   * stream of large replies costs linear work). */
+  /**
+   * Bytes received and not yet taken by line()/reply(). Taken bytes are dropped, so reading a
+   * long stream of large replies costs linear work, not quadratic.
+   */
   private pending = Buffer.alloc(0);
   receivedBytes = 0;
   /** performance.now() when the socket closed, or undefined while open. */
@@ -179,13 +185,14 @@ export class RawConnection {
 
   static connect(port: number, options: RawConnectOptions = {}): Promise<RawConnection> {
     const host = options.host ?? HOST;
+    const timeoutMs = options.timeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
       const socket = net.connect({ port, host, noDelay: true });
       if (options.paused) socket.pause();
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new Error(`connect to ${host}:${port} timed out after ${options.timeoutMs} ms`));
-      }, options.timeoutMs ?? 10_000);
+        reject(new Error(`connect to ${host}:${port} timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
       socket.once('error', (err) => {
         clearTimeout(timer);
         reject(err);
@@ -301,9 +308,9 @@ export class RawConnection {
   }
 
   /**
-   * Write `total` bytes produced by `chunk(i)` with backpressure. Stops early, without
-   * failing, if the peer closes the connection (that is often the expected outcome); returns
-   * how many bytes were handed to the socket.
+   * Write `total` bytes of `fill` in `chunkSize` writes, waiting for 'drain' when the socket
+   * says so. Stops early, without failing, if the peer closes the connection (often the
+   * expected outcome); returns how many bytes were handed to the socket.
    */
   async stream(total: number, chunkSize: number, fill = 0x61): Promise<number> {
     const chunk = Buffer.alloc(chunkSize, fill);
@@ -493,14 +500,23 @@ export class NamespaceLab {
     process.once('exit', this.onExit);
   }
 
-  /** 10.A.B (as a prefix) unused by any address or route of this machine. */
+  /** 10.A.B (as a prefix) whose /24 overlaps no address or route of this machine. */
   private pickSubnet(): string {
-    const inUse = ipCommand(this.ip, ['-4', 'addr']) + ipCommand(this.ip, ['-4', 'route', 'show', 'table', 'all']);
-    for (let attempt = 0; attempt < 100; attempt++) {
-      const prefix = `10.${100 + Math.floor(Math.random() * 150)}.${1 + Math.floor(Math.random() * 250)}`;
-      if (!inUse.includes(`${prefix}.`) && !/\b10\.0\.0\.0\/8\b/.test(inUse)) return prefix;
+    const text = ipCommand(this.ip, ['-4', 'addr']) + ipCommand(this.ip, ['-4', 'route', 'show', 'table', 'all']);
+    // Every 10.x.x.x[/len] the machine knows about, as [network, prefix length].
+    const used = [...text.matchAll(/\b10\.(\d+)\.(\d+)\.(\d+)(?:\/(\d+))?/g)].map((m) => [(10 << 24) | (Number(m[1]) << 16) | (Number(m[2]) << 8) | Number(m[3]), Number(m[4] ?? 32)] as const);
+    const overlaps = (net: number, len: number): boolean =>
+      used.some(([other, otherLen]) => {
+        const common = Math.min(len, otherLen);
+        const mask = common === 0 ? 0 : (~0 << (32 - common)) >>> 0;
+        return ((net & mask) >>> 0) === ((other & mask) >>> 0);
+      });
+    for (let attempt = 0; attempt < 200; attempt++) {
+      const a = 100 + Math.floor(Math.random() * 150);
+      const b = 1 + Math.floor(Math.random() * 250);
+      if (!overlaps(((10 << 24) | (a << 16) | (b << 8)) >>> 0, 24)) return `10.${a}.${b}`;
     }
-    throw new Error('could not find a free 10.x.y.0/24 test subnet');
+    throw new Error(`no 10.x.y.0/24 test subnet is free of this machine's addresses and routes:\n${text}`);
   }
 
   /** Create namespace number `hosts.length` with its veth pair, addresses and routes. */

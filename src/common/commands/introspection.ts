@@ -59,7 +59,7 @@ function globToRegExp(glob: string): RegExp {
   return new RegExp(`^${escaped}$`);
 }
 
-export function clientReply(args: Buffer[], conn: { id: number; name: string }): Reply {
+export function clientReply(args: Buffer[], conn: { id: number; name: string; authenticated: boolean; noEvict: boolean }): Reply {
   const cursor = new ArgCursor(args, 'client');
   const sub = cursor.text().toLowerCase();
   switch (sub) {
@@ -73,6 +73,17 @@ export function clientReply(args: Buffer[], conn: { id: number; name: string }):
       return int(conn.id);
     case 'setinfo':
       return OK;
+    case 'no-evict': {
+      // A link that reads everything it is sent (kv-proxy's connections to its servers): when
+      // its replies pile up, the server stops reading its requests for a while instead of
+      // cutting it off at --max-output.
+      if (!conn.authenticated) return error('NOAUTH Authentication required.');
+      const mode = cursor.text().toLowerCase();
+      cursor.finish();
+      if (mode !== 'on' && mode !== 'off') return error('ERR CLIENT NO-EVICT takes on or off');
+      conn.noEvict = mode === 'on';
+      return OK;
+    }
     default:
       return error(`ERR CLIENT ${sub.toUpperCase()} is not supported`);
   }

@@ -73,11 +73,24 @@ interface HeldOutput {
 
 let nextId = 1;
 
+/**
+ * Most requests of one client awaiting an answer before we stop reading it (proxy
+ * backpressure). Bounds what one client can have in flight at the servers, and so how much
+ * reply data can be coming back for a client that may not be reading it.
+ */
+const MAX_IN_FLIGHT = 256;
+/** A NO-EVICT link is throttled above this much unread output. */
+const NO_EVICT_HIGH_WATER = 8 * 1024 * 1024;
+/** Hand output to the socket mid-batch once this much has built up. */
+const FLUSH_EARLY_BYTES = 256 * 1024;
+
 export class ClientConnection {
   readonly id = nextId++;
   readonly connectedAt = Date.now();
   authenticated: boolean;
   name = '';
+  /** Set by CLIENT NO-EVICT on: throttle instead of disconnecting when output piles up. */
+  noEvict = false;
   commands = 0;
   private readonly decoder: RequestDecoder;
   private readonly sink = new ByteSink(4096);
@@ -89,6 +102,11 @@ export class ClientConnection {
   private readonly slots: Slot[] = [];
   private slotBase = 0;
   private held: HeldOutput[] = [];
+  private heldBytes = 0;
+  /** Decoding stopped because MAX_IN_FLIGHT answers are outstanding (socket paused). */
+  private throttled = false;
+  /** Decoding stopped because a NO-EVICT link's output is over its high-water mark. */
+  private outputWait = false;
   private quitting = false;
   private closed = false;
   private processing = false;
@@ -124,6 +142,7 @@ export class ClientConnection {
       this.maybeEnd();
     });
     socket.on('error', () => socket.destroy());
+    socket.on('drain', () => this.resumeOutput());
     socket.on('close', () => {
       this.closed = true;
       options.onClose?.(this);
@@ -153,7 +172,13 @@ export class ClientConnection {
   private drainRequests(): void {
     const decoder = this.decoder;
     this.inputDrained = false;
-    while (!this.quitting && !this.blocked) {
+    while (!this.quitting && !this.blocked && !this.closed && !this.outputWait) {
+      if (this.slots.length >= MAX_IN_FLIGHT) {
+        // Enough answers outstanding (a proxy client pipelining hard): read on once they come.
+        this.throttled = true;
+        this.socket.pause();
+        return;
+      }
       const status = decoder.next();
       if (status === Decode.NeedMore) {
         this.inputDrained = true;
@@ -161,6 +186,10 @@ export class ClientConnection {
       }
       if (status === Decode.Request) {
         this.handle(decoder.args, decoder.resp);
+        // Bound what replies can pile up while one chunk of requests is executed: hand big
+        // output to the socket as we go, and cut a client whose unread output passes the limit.
+        if (this.sink.length > FLUSH_EARLY_BYTES) this.flush();
+        if (this.outputFull()) return;
         continue;
       }
       // Error keeps the stream (a too-long text line was skipped); Fatal ends it.
@@ -219,7 +248,11 @@ export class ClientConnection {
     } else {
       const exclusive = answer === LATER_EXCLUSIVE;
       this.slots.push({ resp, style, reply: undefined, exclusive });
-      if (exclusive) this.blocked = true;
+      if (exclusive) {
+        // Stop reading too, so a client cannot pile up unbounded input behind a long ADD.
+        this.blocked = true;
+        this.socket.pause();
+      }
     }
   }
 
@@ -256,11 +289,15 @@ export class ClientConnection {
       this.syncReply = reply;
       return;
     }
+    if (this.closed) return; // the client is gone: drop late answers instead of buffering them
     const index = slot - this.slotBase;
     const entry = this.slots[index];
     if (entry === undefined || entry.reply !== undefined) return;
     entry.reply = reply;
-    if (entry.exclusive) this.blocked = false;
+    if (entry.exclusive) {
+      this.blocked = false;
+      if (!this.throttled) this.socket.resume();
+    }
     if (index === 0) {
       let n = 0;
       while (n < this.slots.length && this.slots[n]!.reply !== undefined) {
@@ -272,19 +309,22 @@ export class ClientConnection {
       this.slotBase += n;
     }
     if (this.processing) return;
-    if (!entry.exclusive) {
+    const resume = (entry.exclusive || (this.throttled && this.slots.length < MAX_IN_FLIGHT / 2)) && !this.closed;
+    if (!resume) {
       // Many replies usually arrive in one backend read: write them out together.
       scheduleFlush(this);
       return;
     }
-    if (!this.closed) {
-      // Resume the requests that queued up behind the exclusive one.
-      this.processing = true;
-      try {
-        this.drainRequests();
-      } finally {
-        this.processing = false;
-      }
+    if (this.throttled) {
+      this.throttled = false;
+      this.socket.resume();
+    }
+    // Resume the requests that queued up behind the exclusive one (or the in-flight limit).
+    this.processing = true;
+    try {
+      this.drainRequests();
+    } finally {
+      this.processing = false;
     }
     this.flush();
   }
@@ -303,7 +343,9 @@ export class ClientConnection {
       const epoch = Math.max(this.sinkEpoch, lastHeld);
       this.sinkEpoch = 0;
       if (gate !== undefined && (this.held.length > 0 || epoch > gate.settledEpoch())) {
-        this.held.push({ epoch, bytes: this.sink.take(), modes: this.sinkModes });
+        const bytes = this.sink.take();
+        this.held.push({ epoch, bytes, modes: this.sinkModes });
+        this.heldBytes += bytes.length;
         this.sinkModes = [];
         gate.watch(this);
       } else {
@@ -321,11 +363,13 @@ export class ClientConnection {
     for (const h of this.held) {
       if (h.epoch > epoch) break;
       out.push(failure === undefined ? h.bytes : errorsFor(h.modes, failure));
+      this.heldBytes -= h.bytes.length;
       n++;
     }
     if (n === 0) return;
     this.held.splice(0, n);
     this.write(out.length === 1 ? out[0]! : Buffer.concat(out));
+    this.resumeOutput();
     this.maybeEnd();
   }
 
@@ -333,13 +377,47 @@ export class ClientConnection {
     return this.held.length > 0 ? this.held[0]!.epoch : 0;
   }
 
+  /** Reply bytes produced for this client and not yet read by it. */
+  private unreadOutput(): number {
+    return this.sink.length + this.heldBytes + this.socket.writableLength;
+  }
+
+  /**
+   * Is this client's unread output over its bound? A client that does not read its replies is
+   * cut off there, as Redis does with its client-output-buffer-limit. A NO-EVICT link (the
+   * proxy) is throttled instead: we stop reading its requests until it has caught up.
+   */
+  private outputFull(): boolean {
+    const unread = this.unreadOutput();
+    if (this.noEvict) {
+      if (unread <= Math.min(this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT, NO_EVICT_HIGH_WATER)) return false;
+      this.outputWait = true;
+      this.socket.pause();
+      return true;
+    }
+    if (unread <= (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT)) return false;
+    this.socket.destroy();
+    return true;
+  }
+
+  /** A throttled NO-EVICT link caught up: read and execute its requests again. */
+  private resumeOutput(): void {
+    if (!this.outputWait || this.closed || this.unreadOutput() > NO_EVICT_HIGH_WATER / 2) return;
+    this.outputWait = false;
+    if (!this.blocked && !this.throttled) this.socket.resume();
+    this.processing = true;
+    try {
+      this.drainRequests();
+    } finally {
+      this.processing = false;
+    }
+    this.flush();
+  }
+
   private write(bytes: Buffer): void {
     if (this.closed) return;
-    const socket = this.socket;
-    socket.write(bytes);
-    // A client that does not read its replies is cut off at the bound, as Redis does with its
-    // client-output-buffer-limit, rather than letting its replies grow without limit.
-    if (socket.writableLength > (this.options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT)) socket.destroy();
+    this.socket.write(bytes);
+    if (!this.processing) this.outputFull();
   }
 
   private maybeEnd(): void {
