@@ -44,18 +44,10 @@ export class ProxyConnection {
   }
 
   private onData(chunk: Buffer): void {
-    this.decoder.push(chunk);
-    for (;;) {
-      let reply: Reply | undefined;
-      try {
-        reply = this.decoder.next();
-      } catch (err) {
-        this.socket?.destroy(err as Error);
-        return;
-      }
-      if (reply === undefined) return;
+    const bad = this.decoder.feed(chunk, (reply) => {
       this.waiting.shift()?.resolve(reply);
-    }
+    });
+    if (bad !== undefined) this.socket?.destroy(new Error(bad));
   }
 
   private onClose(socket: net.Socket): void {

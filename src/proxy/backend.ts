@@ -162,43 +162,41 @@ export class Backend {
   }
 
   private onData(chunk: Buffer): void {
-    this.decoder.push(chunk);
-    for (;;) {
-      let reply: Reply | undefined;
-      try {
-        reply = this.decoder.next();
-      } catch (err) {
-        this.lastError = `protocol error: ${(err as Error).message}`;
-        this.socket?.destroy();
-        return;
-      }
-      if (reply === undefined) break;
-      if (this.handshake > 0) {
-        this.handshake--;
-        if (this.authPending) {
-          this.authPending = false;
-          if (reply.type === 'error') {
-            this.lastError = `node refused our password: ${reply.message}`;
-            this.socket?.destroy();
-            return;
-          }
-        }
-        continue;
-      }
-      if (this.head >= this.targets.length) {
-        this.lastError = 'unexpected reply';
-        this.socket?.destroy();
-        return;
-      }
-      const target = this.targets[this.head]!;
-      const slot = this.slots[this.head]!;
-      this.targets[this.head] = null;
-      this.head++;
-      if (typeof target === 'function') target(reply);
-      else target.complete(slot, reply);
+    const bad = this.decoder.feed(chunk, this.onReply);
+    if (bad !== undefined) {
+      this.lastError = `protocol error: ${bad}`;
+      this.socket?.destroy();
     }
     this.compact();
   }
+
+  /** One reply, in FIFO order: our handshake's first, then whoever sent each request. */
+  private readonly onReply = (reply: Reply): boolean => {
+    if (this.handshake > 0) {
+      this.handshake--;
+      if (this.authPending) {
+        this.authPending = false;
+        if (reply.type === 'error') {
+          this.lastError = `node refused our password: ${reply.message}`;
+          this.socket?.destroy();
+          return false;
+        }
+      }
+      return true;
+    }
+    if (this.head >= this.targets.length) {
+      this.lastError = 'unexpected reply';
+      this.socket?.destroy();
+      return false;
+    }
+    const target = this.targets[this.head]!;
+    const slot = this.slots[this.head]!;
+    this.targets[this.head] = null;
+    this.head++;
+    if (typeof target === 'function') target(reply);
+    else target.complete(slot, reply);
+    return true;
+  };
 
   private compact(): void {
     if (this.head === this.targets.length) {

@@ -1,9 +1,9 @@
 // kv-proxy: the only thing clients talk to. Accepts text and RESP clients, routes data
 // commands through the Router, and runs ADD/REMOVE through Membership.
-import net from 'node:net';
 import path from 'node:path';
 import { HashRing, DEFAULT_VNODES } from '../common/ring.js';
-import { ClientConnection, LATER, LATER_EXCLUSIVE, type Answer, type Executor } from '../common/net/client-connection.js';
+import { LATER, LATER_EXCLUSIVE, type Answer, type ClientConnection, type Executor } from '../common/net/client-connection.js';
+import { ClientListener } from '../common/net/client-listener.js';
 import { clientReply, commandReply, configReply, helpReply, renderInfo, selectReply, servesOn } from '../common/commands/introspection.js';
 import type { CommandSpec } from '../common/commands/table.js';
 import { bulk, error, PONG, type Reply } from '../common/protocol/reply.js';
@@ -48,15 +48,12 @@ export interface ProxyHandle {
 
 class ProxyExecutor implements Executor {
   readonly startedAt = Date.now();
-  clients = 0;
-  totalConnections = 0;
-  totalCommands = 0;
-  opsPerSec = 0;
 
   constructor(
     private readonly router: Router,
     private readonly membership: Membership,
     private readonly pool: BackendPool,
+    private readonly listener: ClientListener,
     private readonly settings: { port: number; host: string; maxClients: number },
   ) {}
 
@@ -161,13 +158,13 @@ class ProxyExecutor implements Executor {
           uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
           node_version: process.version,
         },
-        Clients: { connected_clients: this.clients, maxclients: this.settings.maxClients },
+        Clients: { connected_clients: this.listener.clients.size, maxclients: this.settings.maxClients },
         Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
         Persistence: { loading: 0 },
         Stats: {
-          total_connections_received: this.totalConnections,
-          total_commands_processed: this.totalCommands,
-          instantaneous_ops_per_sec: this.opsPerSec,
+          total_connections_received: this.listener.totalConnections,
+          total_commands_processed: this.listener.totalCommands,
+          instantaneous_ops_per_sec: this.listener.opsPerSec,
           backend_requests: this.pool.all().reduce((n, b) => n + b.requests, 0),
         },
         Cluster: cluster,
@@ -193,21 +190,14 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
     logger: log,
   });
 
-  const listener = net.createServer({ pauseOnConnect: true, allowHalfOpen: true });
-  await new Promise<void>((resolve, reject) => {
-    listener.once('error', reject);
-    listener.listen({ port: options.port, host, exclusive: true }, () => {
-      listener.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (listener.address() as net.AddressInfo).port;
+  const listener = await ClientListener.bind(host, options.port);
+  const port = listener.port;
   const file = StateFile.forPort(path.resolve(options.dir ?? '.'), port);
   let state;
   try {
     state = file.load();
   } catch (err) {
-    listener.close();
+    await listener.stop();
     throw err;
   }
   if (state === undefined) {
@@ -220,38 +210,14 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const router = new Router(pool, new HashRing(state.members, state.vnodes));
   if (state.move !== null) router.beginMove(new HashRing(state.move.to, state.vnodes));
   const membership = new Membership(state, file, router, pool, log);
-  const executor = new ProxyExecutor(router, membership, pool, { port, host, maxClients });
-  const clients = new Set<ClientConnection>();
+  const executor = new ProxyExecutor(router, membership, pool, listener, { port, host, maxClients });
 
-  let lastCommands = 0;
-  const opsTimer = setInterval(() => {
-    executor.opsPerSec = executor.totalCommands - lastCommands;
-    lastCommands = executor.totalCommands;
-  }, 1000);
-  opsTimer.unref();
-
-  listener.on('connection', (socket: net.Socket) => {
-    executor.totalConnections++;
-    if (clients.size >= maxClients) {
-      socket.end('-ERR max clients reached\r\n');
-      socket.on('error', () => socket.destroy());
-      return;
-    }
-    const conn = new ClientConnection(socket, {
-      limits,
-      executor,
-      password,
-      idleTimeoutMs: options.idleTimeoutMs ?? 0,
-      maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
-      onClose: (c) => {
-        clients.delete(c);
-        executor.clients = clients.size;
-      },
-      onCommand: () => executor.totalCommands++,
-    });
-    clients.add(conn);
-    executor.clients = clients.size;
-    socket.resume();
+  listener.accept(maxClients, {
+    limits,
+    executor,
+    password,
+    idleTimeoutMs: options.idleTimeoutMs ?? 0,
+    maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
   });
 
   const recovered = membership.recover().catch((err: unknown) => log.error({ err }, 'recovery failed'));
@@ -265,9 +231,8 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
     recovered,
     close() {
       closing ??= (async () => {
-        clearInterval(opsTimer);
-        const stopped = new Promise<void>((resolve) => listener.close(() => resolve()));
-        for (const c of clients) c.close();
+        const stopped = listener.stop();
+        listener.closeClients();
         pool.close();
         await stopped;
       })();

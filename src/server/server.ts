@@ -1,5 +1,4 @@
 // kv-server: accept loop, WAL replay at boot, durability gate for replies, phased shutdown.
-import net from 'node:net';
 import path from 'node:path';
 import fs from 'node:fs';
 import { ShardedStore } from './store.js';
@@ -8,7 +7,8 @@ import { WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
-import { ClientConnection, type Executor, type OutputGate } from '../common/net/client-connection.js';
+import type { ClientConnection, Executor, OutputGate } from '../common/net/client-connection.js';
+import { ClientListener } from '../common/net/client-listener.js';
 import { servesOn, renderInfo } from '../common/commands/introspection.js';
 import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
@@ -52,10 +52,6 @@ export class ServerState implements OutputGate {
   readonly version = VERSION;
   readonly dumps: RangeDumps;
   readonly startedAt = Date.now();
-  readonly clients = new Set<ClientConnection>();
-  totalConnections = 0;
-  totalCommands = 0;
-  opsPerSec = 0;
   private readonly waiting = new Set<ClientConnection>();
   replay: ReplayStats | undefined;
   compactor!: Compactor;
@@ -63,6 +59,7 @@ export class ServerState implements OutputGate {
   constructor(
     readonly data: DurableStore,
     readonly log: Logger,
+    readonly listener: ClientListener,
     readonly options: Required<Pick<ServerOptions, 'port' | 'host' | 'dir' | 'fsync' | 'maxClients'>>,
   ) {
     this.dumps = new RangeDumps(data.store);
@@ -113,7 +110,7 @@ export class ServerState implements OutputGate {
           uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
           node_version: process.version,
         },
-        Clients: { connected_clients: this.clients.size, maxclients: this.options.maxClients },
+        Clients: { connected_clients: this.listener.clients.size, maxclients: this.options.maxClients },
         Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
         Persistence: {
           loading: 0,
@@ -133,9 +130,9 @@ export class ServerState implements OutputGate {
           tombstones: this.data.store.tombstoneCount,
         },
         Stats: {
-          total_connections_received: this.totalConnections,
-          total_commands_processed: this.totalCommands,
-          instantaneous_ops_per_sec: this.opsPerSec,
+          total_connections_received: this.listener.totalConnections,
+          total_commands_processed: this.listener.totalCommands,
+          instantaneous_ops_per_sec: this.listener.opsPerSec,
           migration_dumps_active: this.dumps.active,
         },
         Keyspace: { db0: `keys=${this.data.store.size},expires=0,avg_ttl=0` },
@@ -174,19 +171,12 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
 
   // Bind first: the port doubles as a lock on wal_<port>.log, so two servers started on the same
   // port cannot both append to one log. Connections wait until the replay is done.
-  const listener = net.createServer({ pauseOnConnect: true, allowHalfOpen: true });
-  await new Promise<void>((resolve, reject) => {
-    listener.once('error', reject);
-    listener.listen({ port: options.port, host, exclusive: true }, () => {
-      listener.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (listener.address() as net.AddressInfo).port;
+  const listener = await ClientListener.bind(host, options.port);
+  const port = listener.port;
   const walFile = path.join(dir, `wal_${port}.log`);
 
   const data = new DurableStore(new ShardedStore(options.shards ?? 16));
-  const state = new ServerState(data, log, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
+  const state = new ServerState(data, log, listener, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
   let opened;
   try {
     // The log's size bounds what the replay will hold: size the arenas once, trim afterwards.
@@ -213,7 +203,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
       },
     });
   } catch (err) {
-    listener.close();
+    await listener.stop();
     throw err;
   }
   data.wal = opened.wal;
@@ -225,32 +215,13 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   log.info({ file: walFile, records: opened.stats.records, keys: data.store.size, ms: Math.round(opened.stats.millis) }, 'WAL replayed');
 
   const executor = new ServerExecutor(state);
-  let lastCommands = 0;
-  const opsTimer = setInterval(() => {
-    state.opsPerSec = state.totalCommands - lastCommands;
-    lastCommands = state.totalCommands;
-  }, 1000);
-  opsTimer.unref();
-
-  listener.on('connection', (socket: net.Socket) => {
-    state.totalConnections++;
-    if (state.clients.size >= maxClients) {
-      socket.end('-ERR max clients reached\r\n');
-      socket.on('error', () => socket.destroy());
-      return;
-    }
-    const conn = new ClientConnection(socket, {
-      limits,
-      executor,
-      password,
-      idleTimeoutMs: options.idleTimeoutMs ?? 0,
-      maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
-      gate: state,
-      onClose: (c) => state.clients.delete(c),
-      onCommand: () => state.totalCommands++,
-    });
-    state.clients.add(conn);
-    socket.resume();
+  listener.accept(maxClients, {
+    limits,
+    executor,
+    password,
+    idleTimeoutMs: options.idleTimeoutMs ?? 0,
+    maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
+    gate: state,
   });
 
   let closing: Promise<void> | undefined;
@@ -264,10 +235,9 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
       closing ??= (async () => {
         // Phase 1: stop accepting. Phase 2: let pending groups reach the disk so every
         // reply already promised goes out. Phase 3: close clients and the log.
-        clearInterval(opsTimer);
-        const stopped = new Promise<void>((resolve) => listener.close(() => resolve()));
+        const stopped = listener.stop();
         await data.wal.drain();
-        for (const conn of state.clients) conn.close();
+        listener.closeClients();
         await data.wal.close();
         await stopped;
       })();

@@ -160,13 +160,7 @@ export class ClientConnection {
   private onData(chunk: Buffer): void {
     if (this.quitting || this.closed) return;
     this.decoder.push(chunk);
-    this.processing = true;
-    try {
-      this.drainRequests();
-    } finally {
-      this.processing = false;
-    }
-    this.flush();
+    this.resumeDecoding();
   }
 
   private drainRequests(): void {
@@ -320,6 +314,11 @@ export class ClientConnection {
       this.socket.resume();
     }
     // Resume the requests that queued up behind the exclusive one (or the in-flight limit).
+    this.resumeDecoding();
+  }
+
+  /** Decode and run what the client already sent, then send what that produced. */
+  private resumeDecoding(): void {
     this.processing = true;
     try {
       this.drainRequests();
@@ -405,13 +404,7 @@ export class ClientConnection {
     if (!this.outputWait || this.closed || this.unreadOutput() > NO_EVICT_HIGH_WATER / 2) return;
     this.outputWait = false;
     if (!this.blocked && !this.throttled) this.socket.resume();
-    this.processing = true;
-    try {
-      this.drainRequests();
-    } finally {
-      this.processing = false;
-    }
-    this.flush();
+    this.resumeDecoding();
   }
 
   private write(bytes: Buffer): void {

@@ -95,6 +95,23 @@ export class ReplyDecoder {
     this.q.push(chunk);
   }
 
+  /**
+   * Push a chunk and hand every complete reply to `onReply` (which may return false to stop).
+   * Returns the reason if the bytes are not RESP; the caller should then close the connection.
+   */
+  feed(chunk: Buffer, onReply: (reply: Reply) => boolean | void): string | undefined {
+    this.push(chunk);
+    for (;;) {
+      let reply: Reply | undefined;
+      try {
+        reply = this.next();
+      } catch (err) {
+        return (err as Error).message;
+      }
+      if (reply === undefined || onReply(reply) === false) return undefined;
+    }
+  }
+
   next(): Reply | undefined {
     const q = this.q;
     for (;;) {
