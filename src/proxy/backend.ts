@@ -106,9 +106,14 @@ export class Backend {
     this.sentAt.push(performance.now());
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      // Idle connection: send as soon as the current callback is done (lowest latency). Busy:
+      // wait for the end of the event-loop turn, so requests from many clients leave in one write.
+      if (this.outstanding <= 1) queueMicrotask(this.flushNow);
+      else setImmediate(this.flushNow);
     }
   }
+
+  private readonly flushNow = (): void => this.flush();
 
   private flush(): void {
     this.flushScheduled = false;

@@ -37,8 +37,30 @@ export const enum KeyState {
   Tombstoned = 2,
 }
 
+/** Copy small arrays by hand (TypedArray.set has a fixed cost that dominates for keys). */
+function copyInto(target: Buffer, source: Uint8Array, at: number): void {
+  const n = source.length;
+  if (n > 32) {
+    target.set(source, at);
+    return;
+  }
+  for (let i = 0; i < n; i++) target[at + i] = source[i]!;
+}
+
 class Shard {
-  arena: Buffer = Buffer.allocUnsafe(64 * 1024);
+  private buf: Buffer = Buffer.allocUnsafe(64 * 1024);
+  /** Typed view of the arena for header fields: much cheaper than Buffer's readUInt32LE. */
+  private view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.length);
+  get arena(): Buffer {
+    return this.buf;
+  }
+  set arena(next: Buffer) {
+    this.buf = next;
+    this.view = new DataView(next.buffer, next.byteOffset, next.length);
+  }
+  u32(off: number): number {
+    return this.view.getUint32(off, true);
+  }
   used = 0;
   garbage = 0;
   slots = new Int32Array(MIN_CAPACITY);
@@ -52,13 +74,13 @@ class Shard {
 
   // --- entry accessors -------------------------------------------------------------------
   flags(off: number): number {
-    return this.arena.readUInt32LE(off + 4);
+    return this.u32(off + 4);
   }
   keyLen(off: number): number {
-    return this.arena.readUInt32LE(off + 4) & LEN_MASK;
+    return this.u32(off + 4) & LEN_MASK;
   }
   valueLen(off: number): number {
-    return this.arena.readUInt32LE(off + 8);
+    return this.u32(off + 8);
   }
   size(off: number): number {
     return HEADER + this.keyLen(off) + this.valueLen(off);
@@ -71,19 +93,19 @@ class Shard {
     return this.arena.subarray(start, start + this.valueLen(off));
   }
   isTomb(off: number): boolean {
-    return (this.arena.readUInt32LE(off + 4) & TOMB) !== 0;
+    return (this.u32(off + 4) & TOMB) !== 0;
   }
   isDead(off: number): boolean {
-    return (this.arena.readUInt32LE(off + 4) & DEAD) !== 0;
+    return (this.u32(off + 4) & DEAD) !== 0;
   }
   setDead(off: number, dead: boolean): void {
-    const f = this.arena.readUInt32LE(off + 4);
-    this.arena.writeUInt32LE(dead ? (f | DEAD) >>> 0 : f & ~DEAD, off + 4);
+    const f = this.u32(off + 4);
+    this.view.setUint32(off + 4, dead ? (f | DEAD) >>> 0 : f & ~DEAD, true);
   }
 
   private keyEquals(off: number, key: Uint8Array): boolean {
     const len = key.length;
-    if ((this.arena.readUInt32LE(off + 4) & LEN_MASK) !== len) return false;
+    if ((this.u32(off + 4) & LEN_MASK) !== len) return false;
     const arena = this.arena;
     const start = off + HEADER;
     if (len > 32) return arena.compare(key, 0, len, start, start + len) === 0;
@@ -159,18 +181,19 @@ class Shard {
     const size = HEADER + key.length + (value === null ? 0 : value.length);
     if (this.used + size > this.arena.length) {
       let cap = Math.max(this.arena.length, 64 * 1024);
-      while (this.used + size > cap) cap *= 2;
+      while (this.used + size > cap) cap = Math.ceil(cap * 1.5);
       const bigger = Buffer.allocUnsafe(cap);
       this.arena.copy(bigger, 0, 0, this.used);
       this.arena = bigger;
     }
     const off = this.used;
-    const arena = this.arena;
-    arena.writeUInt32LE(hash >>> 0, off);
-    arena.writeUInt32LE(value === null ? (key.length | TOMB) >>> 0 : key.length, off + 4);
-    arena.writeUInt32LE(value === null ? 0 : value.length, off + 8);
-    arena.set(key, off + HEADER);
-    if (value !== null) arena.set(value, off + HEADER + key.length);
+    const arena = this.buf;
+    const view = this.view;
+    view.setUint32(off, hash >>> 0, true);
+    view.setUint32(off + 4, value === null ? (key.length | TOMB) >>> 0 : key.length, true);
+    view.setUint32(off + 8, value === null ? 0 : value.length, true);
+    copyInto(arena, key, off + HEADER);
+    if (value !== null) copyInto(arena, value, off + HEADER + key.length);
     this.used += size;
     return off;
   }
@@ -185,7 +208,8 @@ class Shard {
 
   /** Give back the arena's spare room (after a bulk load such as a replay). */
   trim(): void {
-    if (this.arena.length - this.used < 64 * 1024) return;
+    const spare = this.arena.length - this.used;
+    if (spare < 64 * 1024 || spare < this.arena.length / 8) return; // not worth a copy
     const exact = Buffer.allocUnsafe(Math.max(this.used, 1024));
     this.arena.copy(exact, 0, 0, this.used);
     this.arena = exact;
@@ -490,7 +514,7 @@ export class ShardedStore {
       const fresh = this.undoNew.pop()!;
       const keyOff = fresh >= 0 ? fresh : old;
       const key = Buffer.from(shard.key(keyOff));
-      const hash = shard.arena.readUInt32LE(keyOff);
+      const hash = shard.u32(keyOff);
       if (fresh >= 0) {
         this.retire(shard, fresh);
         shard.dirty.delete(fresh);
@@ -571,9 +595,9 @@ export class ShardedStore {
         const flags = shard.flags(off);
         if ((flags & DEAD) !== 0) continue;
         if ((flags & TOMB) !== 0) {
-          if (tombstones) visit(shard.arena.readUInt32LE(off), shard.key(off), null);
+          if (tombstones) visit(shard.u32(off), shard.key(off), null);
         } else {
-          visit(shard.arena.readUInt32LE(off), shard.key(off), shard.value(off));
+          visit(shard.u32(off), shard.key(off), shard.value(off));
         }
       }
       cursor.shard++;

@@ -158,10 +158,18 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
           const size = RECORD_HEADER + buf.readUInt32LE(pos + 5) + buf.readUInt32LE(pos + 9);
           need = Math.max(need, size);
         }
-        const next = Buffer.allocUnsafe(Math.min(need, fileSize - fileOffset));
+        // Reuse the buffer when the record fits (one read buffer for the whole replay, instead
+        // of a new one per chunk left for the GC); records of the group still pending point
+        // into it, so they are copied out first.
+        for (let i = 0; i < pending; i++) {
+          keys[i] = Buffer.from(keys[i]!);
+          values[i] = Buffer.from(values[i]!);
+        }
+        const size = Math.min(need, fileSize - fileOffset);
+        const next = size <= buf.length ? buf : Buffer.allocUnsafe(size);
         buf.copy(next, 0, pos, bufLen);
         const carried = bufLen - pos;
-        const got = fs.readSync(fd, next, carried, next.length - carried, fileOffset + carried);
+        const got = fs.readSync(fd, next, carried, Math.min(next.length, size) - carried, fileOffset + carried);
         buf = next;
         bufStart = fileOffset;
         bufLen = carried + got;
