@@ -220,7 +220,14 @@ class Shard {
    * offsets of the kept ones. Rebuilds the index.
    */
   compact(keep: Set<number>): Map<number, number> {
-    const fresh = Buffer.allocUnsafe(Math.max(64 * 1024, Math.ceil((this.used - this.garbage) * 1.25)));
+    // Size the new arena exactly: one pass to measure what survives, one to copy it.
+    let needed = 0;
+    for (let off = 0; off < this.used; ) {
+      const size = this.size(off);
+      if (!this.isDead(off) || keep.has(off)) needed += size;
+      off += size;
+    }
+    const fresh = Buffer.allocUnsafe(Math.max(64 * 1024, Math.ceil(needed * 1.25)));
     const moved = new Map<number, number>();
     let at = 0;
     for (let off = 0; off < this.used; ) {
