@@ -32,8 +32,14 @@ export async function withProgress<T>(host: string, port: number, headline: stri
   const write = options.write ?? ((t: string) => process.stdout.write(t));
   let finished = false;
   let shown = false;
+  // The initial wait is cut short when the work ends first, so short commands are not delayed.
+  let timer: NodeJS.Timeout | undefined;
+  let wake: () => void = () => {};
   const poller = (async () => {
-    await new Promise((r) => setTimeout(r, options.delayMs ?? 1000));
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+      timer = setTimeout(resolve, options.delayMs ?? 1000);
+    });
     if (finished) return;
     const conn = new ProxyConnection(host, port, 5000);
     try {
@@ -62,6 +68,8 @@ export async function withProgress<T>(host: string, port: number, headline: stri
     return { result, shown };
   } finally {
     finished = true;
+    clearTimeout(timer);
+    wake();
     await poller;
     if (shown) write('\r\x1b[K');
   }

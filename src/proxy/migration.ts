@@ -60,13 +60,25 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   // Size the work: how many keys the sources hold (the dump scans each of them once).
   const sizes = await Promise.all(progress.sources.map((s) => pool.get(s).call(['DBSIZE'])));
   progress.keysToScan = sizes.reduce((sum, r, i) => sum + (expectOk(r, `DBSIZE on ${progress.sources[i]}`).type === 'int' ? (r as { value: number }).value : 0), 0);
-  await Promise.all([...bySource].map(([source, ranges]) => drainSource(pool, pool.get(source), ranges, to, progress, batchKeys)));
+  // If one source fails, the others stop too (at their next batch), and the error is reported
+  // only once nothing is copying any more: a retry must never race a batch of this attempt.
+  const stop: { reason: unknown } = { reason: undefined };
+  const results = await Promise.allSettled(
+    [...bySource].map(([source, ranges]) =>
+      drainSource(pool, pool.get(source), ranges, to, progress, batchKeys, stop).catch((err: unknown) => {
+        stop.reason ??= err;
+        throw err;
+      }),
+    ),
+  );
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed !== undefined) throw stop.reason ?? (failed as PromiseRejectedResult).reason;
 }
 
 /** Batches of one source in flight at once (import + delete); the dump itself is sequential. */
 const WINDOW = 4;
 
-async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRange[], to: HashRing, progress: MigrationProgress, batchKeys: number): Promise<void> {
+async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRange[], to: HashRing, progress: MigrationProgress, batchKeys: number, stop: { reason: unknown }): Promise<void> {
   const token = `mig-${randomBytes(6).toString('hex')}`;
   const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end)]);
   let request: Promise<Reply> = source.call(['RANGEDUMP', token, String(batchKeys), ...rangeArgs]);
@@ -91,6 +103,7 @@ async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRang
       if (items.length > 2) track(moveBatch(pool, source, items, to, progress));
       while (inFlight.size >= WINDOW && failure === undefined) await Promise.race(inFlight);
       if (failure !== undefined) throw failure;
+      if (stop.reason !== undefined) throw new MigrationError(`stopped: another source failed`);
       if (done) break;
     }
   } finally {

@@ -217,7 +217,10 @@ function movingOp(name: string, rest: Buffer[], source: Backend, target: Backend
           if (had.type === 'error') return done(had);
           target.send(['DELTOMB', key], (live) => {
             if (live.type === 'error') return done(live);
-            done(int((had.type === 'int' && had.value > 0) || (live.type === 'int' && live.value > 0) ? 1 : 0));
+            const t = live.type === 'int' ? live.value : 0;
+            // -1: already deleted during this move, so the source's copy is stale.
+            if (t < 0) return done(int(0));
+            done(int(t > 0 || (had.type === 'int' && had.value > 0) ? 1 : 0));
           });
         });
     default:

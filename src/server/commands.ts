@@ -9,6 +9,7 @@ import { CommandError } from '../common/errors.js';
 import type { HashRange } from '../common/ring.js';
 import type { ClientConnection } from '../common/net/client-connection.js';
 import type { ServerState } from './server.js';
+import { KeyState } from './store.js';
 
 type Handler = (state: ServerState, args: Buffer[], conn: ClientConnection) => Reply;
 type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | 'nodes' | 'migration'>;
@@ -111,6 +112,13 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   },
 
   deltomb(s, args) {
+    // One key: 1 if it was live, 0 if absent, -1 if it was already tombstoned (deleted earlier
+    // in this move, so any copy the source still has is stale). Several keys: how many were live.
+    if (args.length === 2) {
+      const before = s.data.state(args[1]!);
+      s.data.tombstone(args[1]!);
+      return int(before === KeyState.Live ? 1 : before === KeyState.Tombstoned ? -1 : 0);
+    }
     let n = 0;
     for (let i = 1; i < args.length; i++) if (s.data.tombstone(args[i]!)) n++;
     return int(n);

@@ -95,10 +95,10 @@ export class RangeDumps {
       const before = out.scanned;
       const done = this.store.scan(dump.cursor, step, (hash, key, value) => {
         out.scanned++;
-        if (intervals.has(hash)) {
-          out.keys.push(key);
-          out.values.push(value!);
-        }
+        if (!intervals.has(hash)) return true;
+        out.keys.push(key);
+        out.values.push(value!);
+        return out.keys.length < count;
       });
       if (done) {
         out.done = true;

@@ -505,6 +505,13 @@ export class ShardedStore {
       this.undoOld = [];
       this.undoNew = [];
       this.undoHead = 0;
+    } else if (head > 1024 && head * 2 > n) {
+      // Under constant writes the log is never empty: drop the settled front now and then.
+      this.undoEpoch = this.undoEpoch.slice(head);
+      this.undoShard = this.undoShard.slice(head);
+      this.undoOld = this.undoOld.slice(head);
+      this.undoNew = this.undoNew.slice(head);
+      this.undoHead = 0;
     } else {
       this.undoHead = head;
     }
@@ -522,10 +529,9 @@ export class ShardedStore {
       const keyOff = fresh >= 0 ? fresh : old;
       const key = Buffer.from(shard.key(keyOff));
       const hash = shard.u32(keyOff);
-      if (fresh >= 0) {
-        this.retire(shard, fresh);
-        shard.dirty.delete(fresh);
-      }
+      // The new entry may already be gone (clearTombstones removed a pending tombstone).
+      if (fresh >= 0 && !shard.isDead(fresh)) this.retire(shard, fresh);
+      if (fresh >= 0) shard.dirty.delete(fresh);
       if (old >= 0) {
         shard.setDead(old, false);
         shard.garbage -= shard.size(old);
@@ -584,9 +590,10 @@ export class ShardedStore {
    * Visit up to `budget` entries from `cursor` on (live values, and tombstones if asked),
    * calling `visit(hash, key, value)` with views (value null for a tombstone). Entries written
    * after the walk began may or may not be visited; an entry moved by compaction may be visited
-   * twice (the walk restarts that shard). Returns true when the walk is complete.
+   * twice (the walk restarts that shard). `visit` may return false to pause the walk after the
+   * current entry. Returns true when the walk is complete.
    */
-  scan(cursor: StoreCursor, budget: number, visit: (hash: number, key: Buffer, value: Buffer | null) => void, tombstones = false): boolean {
+  scan(cursor: StoreCursor, budget: number, visit: (hash: number, key: Buffer, value: Buffer | null) => unknown, tombstones = false): boolean {
     let seen = 0;
     while (cursor.shard < this.shards.length) {
       const shard = this.shards[cursor.shard]!;
@@ -601,11 +608,13 @@ export class ShardedStore {
         seen++;
         const flags = shard.flags(off);
         if ((flags & DEAD) !== 0) continue;
+        let more: unknown = true;
         if ((flags & TOMB) !== 0) {
-          if (tombstones) visit(shard.u32(off), shard.key(off), null);
+          if (tombstones) more = visit(shard.u32(off), shard.key(off), null);
         } else {
-          visit(shard.u32(off), shard.key(off), shard.value(off));
+          more = visit(shard.u32(off), shard.key(off), shard.value(off));
         }
+        if (more === false) return false; // the visitor has enough; resume after this entry
       }
       cursor.shard++;
       cursor.offset = 0;
@@ -619,7 +628,9 @@ export class ShardedStore {
     const out: [Buffer, Buffer][] = [];
     const cursor = this.newCursor();
     for (let done = false; !done; ) {
-      done = this.scan(cursor, 1 << 30, (_h, k, v) => out.push([k, v!]));
+      done = this.scan(cursor, 1 << 30, (_h, k, v) => {
+        out.push([k, v!]);
+      });
     }
     yield* out;
   }

@@ -83,7 +83,7 @@ export const COMMANDS = {
   rangedump: spec({ name: 'rangedump', arity: -3, flags: ['internal'], on: 'server', usage: 'RANGEDUMP <token> <count> [start end ...]', summary: 'Stream the keys whose hash is in the given ring ranges.' }),
   import: spec({ name: 'import', arity: -3, flags: ['internal', 'write'], on: 'server', usage: 'IMPORT <key> <value> [key value ...]', summary: 'Insert keys that are absent (and not tombstoned); one fsync per batch.' }),
   xget: spec({ name: 'xget', arity: 2, flags: ['internal', 'readonly'], on: 'server', usage: 'XGET <key>', summary: 'Read during a move: the value, nil if absent, or 0 if tombstoned.' }),
-  deltomb: spec({ name: 'deltomb', arity: -2, flags: ['internal', 'write'], on: 'server', usage: 'DELTOMB <key> [key ...]', summary: 'Delete during a move, leaving tombstones that block stale imports.' }),
+  deltomb: spec({ name: 'deltomb', arity: -2, flags: ['internal', 'write'], on: 'server', usage: 'DELTOMB <key> [key ...]', summary: 'Delete during a move, leaving tombstones that block stale imports (one key: 1 live, 0 absent, -1 already tombstoned).' }),
   cleartombs: spec({ name: 'cleartombs', arity: 1, flags: ['internal', 'write'], on: 'server', usage: 'CLEARTOMBS', summary: 'Forget all tombstones (the move they guarded is over).' }),
   reset: spec({ name: 'reset', arity: 1, flags: ['internal', 'admin', 'write'], on: 'server', usage: 'RESET', summary: 'Drop all data and truncate the WAL (used by REMOVE).' }),
 } as const satisfies Record<string, CommandSpec>;
