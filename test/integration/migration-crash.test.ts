@@ -5,9 +5,11 @@
 //  - the target, mid-ADD: ADD answers ERR promptly, keys the target does not own stay readable,
 //    nothing acknowledged is lost; after a restart the repeated ADD completes;
 //  - a source, mid-ADD: the same.
-// Each cluster holds 60,000 keys of ~100 bytes, so a move copies 20,000 keys in ten batches and
-// runs for half a second or more; the kill lands while keys are being copied (the tests check
-// that it did).
+// Each cluster holds 100,000 keys of ~100 bytes, so an ADD copies ~33,000 keys in 2,000-key
+// batches and runs for a second or more. The copy progresses in bursts (four batches per source
+// in flight), so the first keys count as moved well into the move; with fewer keys the rest of
+// it could finish before a kill sent at that point lands. The kill lands while keys are being
+// copied, and each test checks that it did.
 //
 // The proxy runs with --request-timeout 15000: the default 2 s turns one slow fsync on a loaded
 // CI machine into a spurious "interrupted" move. A kill -9 is noticed by the connection closing,
@@ -40,11 +42,10 @@ async function loadedCluster(memberCount: 2 | 3): Promise<Loaded> {
   return { proxy, servers: servers as Loaded['servers'] };
 }
 
-/** Reply to `line` sent on a fresh connection, or `!<why>` if the connection died first. */
-async function sendAndCatch(port: number, line: string, timeoutMs: number): Promise<{ reply: Promise<string>; client: TextClient }> {
+/** Send `line` on a fresh connection; `reply` is its reply, or `!<why>` if the connection died first. */
+async function sendAndCatch(port: number, line: string, timeoutMs: number): Promise<{ reply: Promise<string> }> {
   const client = await TextClient.connect(port);
-  const reply = client.send(line, timeoutMs).catch((err: Error) => `!${err.message}`);
-  return { reply, client };
+  return { reply: client.send(line, timeoutMs).catch((err: Error) => `!${err.message}`) };
 }
 
 /**
@@ -85,7 +86,7 @@ describe('kill -9 of the proxy during a move', () => {
   it('mid-ADD and mid-REMOVE: the restarted proxy resumes the copy by itself, repeating the command is harmless, every key reads back once', async () => {
     const { proxy, servers } = await loadedCluster(2);
     const [s1, s2, s3] = servers;
-    let port = proxy.port;
+    const port = proxy.port;
     let current = proxy;
 
     /** Send `command`, SIGKILL the proxy once keys are being copied, restart it; returns a client. */
@@ -95,9 +96,8 @@ describe('kill -9 of the proxy during a move', () => {
       await crash(current);
       expect(await sent.reply, `${command} got no reply: the proxy died mid-move`).toMatch(/^!/);
       expect(atKill.moved, `killed after ${atKill.moved} of ~${before} keys were moved`).toBeLessThan(before);
-      current = await restart(current);
+      current = await restart(current); // same port and --dir
       expect(current.port).toBe(port);
-      port = current.port;
       const client = await TextClient.connect(port);
       // A restart with a planned move on disk resumes it at once (a fresh proxy would say idle).
       const resumed = await migration(client);
