@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanup, nodeAddress, startProxy, startServer, tempDir, TextClient, type ProcHandle } from './harness.js';
 import { assertServing, destroyRawConnections, isRunning, mib, MiB, peakRssBytes, RawConnection, resetPeakRss, resp, rssBytes, sendUntilClosed, TARGETS, type TargetKind } from './support-robustness.js';
+import { seededRandom as prng } from '../support/seeded-random.js';
 
 /**
  * How much a process may grow while it is fed tens of MiB it must not keep. Measured after
@@ -88,17 +89,6 @@ async function expectServesData(p: ProcHandle, key: string): Promise<void> {
   }
 }
 
-/** Deterministic bytes for the fuzz-style cases (mulberry32), so a failure can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe.each(TARGETS)('%s under hostile input', (name) => {
   it('a 64 MiB line with no newline gets ERR line too long, is not buffered, and the line after it works', async () => {

@@ -27,6 +27,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { cleanup, dbsize, nodeAddress, startCluster, TextClient, waitFor, type ProcHandle } from './harness.js';
 import { bulkValue, getAll, migration, percentile, preload, serverSizes, sum, type MigrationStatus } from './support-rebalance.js';
+import { seededRandom as seeded } from '../support/seeded-random.js';
 
 afterEach(cleanup);
 
@@ -49,17 +50,6 @@ const P99_BOUND_MS = 5_000;
 const stableKey = (i: number): string => `stable:${i}`;
 const stable = new Map(Array.from({ length: STABLE_KEYS }, (_, i) => [stableKey(i), bulkValue('stable', i)]));
 
-/** mulberry32: a seeded generator, so a failing run's choices can be replayed from its seed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Op {
   key: string;

@@ -15,6 +15,8 @@ import path from 'node:path';
 import { HOST, TextClient, freePort, waitFor } from './harness.js';
 import { Parse, RecordType, parseRecord, type ParsedRecord } from '../../src/server/wal-format.js';
 import { startServer as startInProcess, type ServerHandle, type ServerOptions } from '../../src/server/server.js';
+import { seededRandom } from '../support/seeded-random.js';
+export { seededRandom };
 
 // ---------------------------------------------------------------------------------------------
 // Waiting
@@ -359,17 +361,6 @@ export function checkHistory(history: History, final: ReadonlyMap<string, string
   return report;
 }
 
-/** Tiny seeded PRNG (mulberry32): the same seed gives the same run. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface TortureWriterOptions {
   id: number;

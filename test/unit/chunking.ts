@@ -1,6 +1,10 @@
 // Ways to cut one byte stream into pushes (STYLE habit 2: every decoder fixture is fed whole,
 // byte by byte, and split in two at every offset). Not a test file: the decoder tests share it.
 
+import { seededRandom } from '../support/seeded-random.js';
+
+export { seededRandom };
+
 export interface Feeding {
   name: string;
   chunks: Buffer[];
@@ -49,13 +53,3 @@ export function seededBytes(seed: number, length: number): Buffer {
   return out;
 }
 
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
