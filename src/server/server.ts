@@ -33,6 +33,8 @@ export interface ServerOptions {
   /** Disconnect a client whose unread replies exceed this many bytes (default 64 MiB). */
   maxOutputBytes?: number;
   compaction?: CompactionPolicy;
+  /** See OpenOptions.syncWrites (default true; tests set false to intercept fdatasync). */
+  walSyncWrites?: boolean;
   logger?: Logger;
 }
 
@@ -183,6 +185,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     if (fs.existsSync(walFile)) data.store.reserve(fs.statSync(walFile).size);
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
+      syncWrites: options.walSyncWrites ?? true,
       apply: (type, key, value) => data.replay(type, key, value),
       onTruncated: (stats) =>
         log.warn(

@@ -257,6 +257,11 @@ export interface OpenOptions {
   apply: ApplyRecord;
   /** Called when a torn tail is cut off, with counts, so the owner can log a warning. */
   onTruncated?: (stats: ReplayStats) => void;
+  /**
+   * With `always`: write and fdatasync each group synchronously (default true). False hands both
+   * to the libuv pool instead; tests use it to hold an fsync open and watch what waits for it.
+   */
+  syncWrites?: boolean;
 }
 
 export class WriteAheadLog {
@@ -298,6 +303,8 @@ export class WriteAheadLog {
     size: number,
     readonly policy: FsyncPolicy,
     private readonly events: WalEvents,
+    /** Write and sync groups synchronously (policy `always` only). */
+    private readonly syncWrites: boolean,
   ) {
     this.size = size;
     if (policy === 'everysec') {
@@ -336,7 +343,8 @@ export class WriteAheadLog {
           options.onTruncated?.(stats);
         }
       }
-      return { wal: new WriteAheadLog(file, fd, size, options.fsync ?? 'always', options.events), stats };
+      const policy = options.fsync ?? 'always';
+      return { wal: new WriteAheadLog(file, fd, size, policy, options.events, policy === 'always' && options.syncWrites !== false), stats };
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -443,6 +451,24 @@ export class WriteAheadLog {
         });
       });
     };
+    if (this.syncWrites && !reset && start < 0) {
+      // Redis's way for appendfsync always: write and fdatasync the group right here, on the
+      // event loop. Measured ~35% more SET/s than handing both calls to the libuv pool, whose
+      // two thread hand-offs per group cost more than the sync calls block (docs/performance.md).
+      // Requests keep arriving meanwhile and form the next group.
+      const base = this.size;
+      try {
+        let off = 0;
+        while (off < data.length) off += fs.writeSync(this.fd, data, off, data.length - off, base + off);
+        fs.fdatasyncSync(this.fd);
+      } catch (err) {
+        return finish(err as Error);
+      }
+      this.size = base + data.length;
+      this.fsyncs++;
+      this.lastFsyncAt = Date.now();
+      return finish(null);
+    }
     if (reset) {
       this.size = MAGIC.length;
       fs.ftruncate(this.fd, MAGIC.length, afterTruncate);

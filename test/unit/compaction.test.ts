@@ -321,7 +321,7 @@ describe('compaction', () => {
 
   it('a rewrite abandoned by a failed write leaves a loadable log without the failed write', async () => {
     const dir = inProcessDir('compact-fail');
-    const server = await startInProcessServer({ port: 0, dir, compaction: NO_AUTO });
+    const server = await startInProcessServer({ port: 0, dir, compaction: NO_AUTO, walSyncWrites: false }); // so fdatasync can be made to fail
     const client = await TextClient.connect(server.port);
     const model: Model = new Map();
     await setAll(client, model, pairs('base:', 30_000, (i) => `base-${i}`));

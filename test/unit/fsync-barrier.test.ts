@@ -82,7 +82,8 @@ afterEach(async () => {
 });
 
 async function start(fsync: FsyncPolicy): Promise<ServerHandle> {
-  const handle = await startInProcessServer({ port: 0, dir: inProcessDir(`fsync-${fsync}`), fsync });
+  // walSyncWrites: false so the test can hold fdatasync open (the default syncs on the event loop).
+  const handle = await startInProcessServer({ port: 0, dir: inProcessDir(`fsync-${fsync}`), fsync, walSyncWrites: false });
   gate.install();
   return handle;
 }
