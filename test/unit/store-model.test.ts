@@ -412,7 +412,7 @@ describe('ShardedStore against a Map model', () => {
       { numRuns: 300 },
     );
     // The case that matters happened often: a pending tombstone, cleared, then rolled back.
-    expect(rollBacksOfCleared).toBeGreaterThan(runs / 10);
+    expect(rollBacksOfCleared, `${rollBacksOfCleared} in ${runs} runs`).toBeGreaterThan(runs / 10);
   });
 
   it('arena compaction with pending writes keeps what rollBack needs (values of 10-60 KiB, few keys)', () => {
@@ -433,9 +433,10 @@ describe('ShardedStore against a Map model', () => {
       { numRuns: 40 },
     );
     // The runs really compacted arenas, with writes pending at the time, and rolled back after.
-    expect(totals.compactions).toBeGreaterThan(totals.runs);
-    expect(totals.withPending).toBeGreaterThan(totals.runs / 2);
-    expect(totals.rollBacksAfter).toBeGreaterThan(totals.runs / 4);
+    const seen = JSON.stringify(totals);
+    expect(totals.compactions, seen).toBeGreaterThan(totals.runs);
+    expect(totals.withPending, seen).toBeGreaterThan(totals.runs / 2);
+    expect(totals.rollBacksAfter, seen).toBeGreaterThan(totals.runs / 4);
   });
 });
 
@@ -755,6 +756,41 @@ describe('ShardedStore scan', () => {
       ),
       { numRuns: 150 },
     );
+  });
+
+  it('a visitor that returns false pauses the walk after that entry; the next call resumes with the next one', () => {
+    const store = new ShardedStore(4);
+    for (let i = 0; i < 500; i++) store.set(b(`k${i}`), b(`v${i}`));
+    store.tombstone(b('t'));
+    // Only `false` pauses: a visitor returning nothing (or a number) walks on.
+    let all = 0;
+    expect(store.scan(store.newCursor(), 10_000, () => void all++)).toBe(true);
+    expect(all).toBe(500);
+    let zeros = 0;
+    expect(store.scan(store.newCursor(), 10_000, () => (zeros++, 0), true)).toBe(true);
+    expect(zeros).toBe(501);
+
+    const cursor = store.newCursor();
+    const seen: string[] = [];
+    let calls = 0;
+    for (;;) {
+      calls++;
+      let taken = 0;
+      const done = store.scan(
+        cursor,
+        10_000,
+        (_h, k, v) => {
+          seen.push(`${k.toString('latin1')}=${v === null ? 'tombstone' : v.toString('latin1')}`);
+          return ++taken < 7;
+        },
+        true,
+      );
+      if (done) break;
+      expect(taken).toBe(7);
+    }
+    expect(seen).toHaveLength(501);
+    expect(new Set(seen)).toEqual(new Set([...Array.from({ length: 500 }, (_, i) => `k${i}=v${i}`), 't=tombstone']));
+    expect(calls).toBeGreaterThanOrEqual(Math.ceil(501 / 7));
   });
 
   it('a walk across a compaction of the shard it is in restarts that shard and misses nothing', () => {
