@@ -7,7 +7,7 @@ import { ClientListener } from '../common/net/client-listener.js';
 import { clientReply, commandReply, configReply, helpReply, renderInfo, selectReply, servesOn } from '../common/commands/introspection.js';
 import type { CommandSpec } from '../common/commands/table.js';
 import { bulk, error, PONG, type Reply } from '../common/protocol/reply.js';
-import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT, type Limits } from '../common/limits.js';
+import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { VERSION } from '../common/version.js';
@@ -216,8 +216,8 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
     limits,
     executor,
     password,
-    idleTimeoutMs: options.idleTimeoutMs ?? 0,
-    maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
+    idleTimeoutMs: options.idleTimeoutMs,
+    maxOutputBytes: options.maxOutputBytes,
   });
 
   const recovered = membership.recover().catch((err: unknown) => log.error({ err }, 'recovery failed'));

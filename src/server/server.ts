@@ -10,7 +10,7 @@ import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compacti
 import type { ClientConnection, Executor, OutputGate } from '../common/net/client-connection.js';
 import { ClientListener } from '../common/net/client-listener.js';
 import { servesOn, renderInfo } from '../common/commands/introspection.js';
-import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT, type Limits } from '../common/limits.js';
+import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { VERSION } from '../common/version.js';
@@ -222,8 +222,8 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     limits,
     executor,
     password,
-    idleTimeoutMs: options.idleTimeoutMs ?? 0,
-    maxOutputBytes: options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT,
+    idleTimeoutMs: options.idleTimeoutMs,
+    maxOutputBytes: options.maxOutputBytes,
     gate: state,
   });
 

@@ -249,7 +249,8 @@ class ExitedEarly extends Error {
   }
 }
 
-function collectLines(stream: NodeJS.ReadableStream, into: string[], onLine: () => void): void {
+/** Split a stream into lines, calling `onLine` whenever some arrived (and at its end). */
+export function collectLines(stream: NodeJS.ReadableStream, into: string[], onLine: () => void): void {
   let rest = '';
   stream.setEncoding('utf8');
   stream.on('data', (chunk: string) => {

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { HOST, ROOT, START_TIMEOUT_MS, freePort, type ExitStatus } from './harness.js';
+import { HOST, ROOT, START_TIMEOUT_MS, collectLines, freePort, type ExitStatus } from './harness.js';
 
 export const DEMO_BIN = path.join(ROOT, 'bin', 'kv-demo');
 export const PACKAGE_VERSION: string = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -150,8 +150,8 @@ export class Launched {
   ) {
     this.proc = spawn(command, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     trackChild(this.proc);
-    collect(this.proc.stdout!, this.stdout, () => this.notify());
-    collect(this.proc.stderr!, this.stderr, () => this.notify());
+    collectLines(this.proc.stdout!, this.stdout, () => this.notify());
+    collectLines(this.proc.stderr!, this.stderr, () => this.notify());
     this.exited = new Promise((resolve) => {
       // 'close' (not 'exit'): every line the program wrote has been read by then.
       this.proc.once('close', (code, signal) => {
@@ -222,23 +222,6 @@ export class Launched {
   }
 }
 
-function collect(stream: NodeJS.ReadableStream, into: string[], onLine: () => void): void {
-  let rest = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk: string) => {
-    const parts = (rest + chunk).split('\n');
-    rest = parts.pop()!;
-    if (parts.length > 0) {
-      into.push(...parts);
-      onLine();
-    }
-  });
-  stream.on('end', () => {
-    if (rest !== '') into.push(rest);
-    rest = '';
-    onLine();
-  });
-}
 
 /** `node bin/<name> ARGS...` as a long-running process. */
 export function launchBin(bin: string, args: readonly string[], opts: LaunchOptions): Launched {

@@ -49,10 +49,10 @@ export interface ConnectionOptions {
   executor: Executor;
   password?: PasswordCheck | undefined;
   gate?: OutputGate | undefined;
-  /** Disconnect a client whose unread replies exceed this. */
-  maxOutputBytes?: number;
-  /** Close a connection idle this long (0: never, the default, as Redis's `timeout 0`). */
-  idleTimeoutMs?: number;
+  /** Disconnect a client whose unread replies exceed this (unset: DEFAULT_MAX_OUTPUT). */
+  maxOutputBytes?: number | undefined;
+  /** Close a connection idle this long (0 or unset: never, as Redis's `timeout 0`). */
+  idleTimeoutMs?: number | undefined;
   onClose?: (conn: ClientConnection) => void;
   onCommand?: () => void;
 }
