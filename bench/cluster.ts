@@ -32,8 +32,12 @@ export function tempDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/** BENCH_PROFILE_DIR=dir: every process writes a V8 CPU profile there when the bench ends. */
+const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
+
 export async function launch(name: string, bin: string, args: string[], banner: RegExp, port: number): Promise<Proc> {
-  const proc = spawn(process.execPath, [path.join(BIN, bin), ...args, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const profile = PROFILE_DIR === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=${name.replace(':', '-')}.cpuprofile`];
+  const proc = spawn(process.execPath, [...profile, path.join(BIN, bin), ...args, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const p: Proc = { name, port, proc };
   started.push(p);
   await new Promise<void>((resolve, reject) => {
@@ -57,7 +61,8 @@ export async function startProxy(dir: string, port?: number, extra: string[] = [
 }
 
 export function stopAll(): void {
-  for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGKILL');
+  // A profiled process must exit normally to write its profile.
+  for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill(PROFILE_DIR === undefined ? 'SIGKILL' : 'SIGINT');
   started.length = 0;
 }
 

@@ -98,9 +98,18 @@ export class Backend {
     return new Promise((resolve) => this.send(args, resolve));
   }
 
-  private enqueue(args: readonly (Buffer | string)[], target: SlotTarget | ReplyCallback, slot: number): void {
+  /** Send one request that is already RESP-encoded (a migration batch made by the source). */
+  callEncoded(request: Buffer): Promise<Reply> {
+    return new Promise((resolve) => {
+      if (!this.ready()) resolve(error(this.unavailable));
+      else this.enqueue(request, resolve, 0);
+    });
+  }
+
+  private enqueue(request: readonly (Buffer | string)[] | Buffer, target: SlotTarget | ReplyCallback, slot: number): void {
     this.requests++;
-    writeRespRequest(this.out, args);
+    if (Buffer.isBuffer(request)) this.out.bytes(request);
+    else writeRespRequest(this.out, request);
     this.targets.push(target);
     this.slots.push(slot);
     this.sentAt.push(performance.now());
@@ -281,6 +290,14 @@ export class BackendPool {
   private readonly backends = new Map<string, Backend>();
 
   constructor(private readonly options: BackendOptions) {}
+
+  /**
+   * A second, empty pool with the same settings: separate connections, so that bulk traffic
+   * (migration batches) never queues client requests behind it.
+   */
+  fork(): BackendPool {
+    return new BackendPool(this.options);
+  }
 
   get(address: string): Backend {
     let b = this.backends.get(address);

@@ -1,22 +1,26 @@
 // Moving data for a membership change: stream every key whose owner changes from its old
 // owner (source) to its new owner (target), in batches.
 //
-// Per source, one RANGEDUMP cursor walks the ranges that source loses. Each batch is
-// IMPORTed into its target(s) (insert-if-absent, one fsync per batch on the target), and only
-// after every target acknowledged it durably does the source DEL the batch (one fsync). The
+// Per source, one RANGEDUMP cursor walks the ranges that source loses, each range labelled
+// with its target. The source returns every batch as ready-to-send requests: an IMPORT per
+// target (insert-if-absent, one fsync per batch on the target) and a DEL for itself. The proxy
+// forwards those bytes untouched, so moving a key costs the proxy no per-key work. Only after
+// every target acknowledged its IMPORT durably does the source get the DEL (one fsync). The
 // next batch's RANGEDUMP is requested while the current one is being imported, so the source,
 // the targets and the proxy work in parallel. Sources run concurrently.
+//
+// Migration traffic uses its own connections (BackendPool.fork), so a client's GET is never
+// queued behind a batch on the wire or in a node's reply order.
 //
 // Correctness does not depend on this code's timing: the Router already sends every write for
 // a moving key to its target, and IMPORT never overwrites, so a batch can be repeated (after a
 // crash) or race with client traffic without losing or reviving anything.
 import { randomBytes } from 'node:crypto';
-import { hashBytes } from '../common/hash.js';
 import type { HashRing, MovedRange } from '../common/ring.js';
 import type { Reply } from '../common/protocol/reply.js';
 import type { Backend, BackendPool } from './backend.js';
 
-export const DEFAULT_BATCH_KEYS = 2000;
+export const DEFAULT_BATCH_KEYS = 250;
 
 export interface MigrationProgress {
   state: 'idle' | 'running' | 'failed' | 'done';
@@ -57,31 +61,79 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   }
   progress.sources = [...bySource.keys()];
   progress.targets = [...new Set(moved.map((r) => r.to))];
+  // Drain barrier: the Router already sends moving keys' writes to the targets, but writes sent
+  // to a source just before that switch may still be in flight on its client connection. A PING
+  // on that same FIFO connection is answered only after they were applied, so the dump (on
+  // another connection) starts after them and copies them.
+  const pongs = await Promise.all(progress.sources.map((s) => pool.get(s).call(['PING'])));
+  pongs.forEach((r, i) => expectOk(r, `PING on ${progress.sources[i]}`));
   // Size the work: how many keys the sources hold (the dump scans each of them once).
   const sizes = await Promise.all(progress.sources.map((s) => pool.get(s).call(['DBSIZE'])));
   progress.keysToScan = sizes.reduce((sum, r, i) => sum + (expectOk(r, `DBSIZE on ${progress.sources[i]}`).type === 'int' ? (r as { value: number }).value : 0), 0);
   // If one source fails, the others stop too (at their next batch), and the error is reported
   // only once nothing is copying any more: a retry must never race a batch of this attempt.
   const stop: { reason: unknown } = { reason: undefined };
-  const results = await Promise.allSettled(
-    [...bySource].map(([source, ranges]) =>
-      drainSource(pool, pool.get(source), ranges, to, progress, batchKeys, stop).catch((err: unknown) => {
-        stop.reason ??= err;
-        throw err;
-      }),
-    ),
-  );
-  const failed = results.find((r) => r.status === 'rejected');
-  if (failed !== undefined) throw stop.reason ?? (failed as PromiseRejectedResult).reason;
+  const bulkPool = pool.fork();
+  const lanes = new Map(progress.targets.map((t) => [t, new Lane(TARGET_WINDOW)]));
+  try {
+    const results = await Promise.allSettled(
+      [...bySource].map(([source, ranges]) =>
+        drainSource({ pool: bulkPool, lanes, progress, stop }, source, ranges, batchKeys).catch((err: unknown) => {
+          stop.reason ??= err;
+          throw err;
+        }),
+      ),
+    );
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed !== undefined) throw stop.reason ?? (failed as PromiseRejectedResult).reason;
+  } finally {
+    bulkPool.close();
+  }
 }
 
 /** Batches of one source in flight at once (import + delete); the dump itself is sequential. */
-const WINDOW = 4;
+const WINDOW = 2;
+/**
+ * IMPORTs in flight to one target, whichever source they come from. A node serves a batch in
+ * one go, so every batch queued ahead of a client's request delays it: one at a time keeps that
+ * delay to about one batch (~2 ms at 500 keys) while still keeping the target busy.
+ */
+const TARGET_WINDOW = 2;
 
-async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRange[], to: HashRing, progress: MigrationProgress, batchKeys: number, stop: { reason: unknown }): Promise<void> {
+/** A counting semaphore: at most `size` holders at once, the rest wait in order. */
+class Lane {
+  private waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next !== undefined) next();
+    else this.free++;
+  }
+}
+
+interface MoveContext {
+  pool: BackendPool;
+  lanes: Map<string, Lane>;
+  progress: MigrationProgress;
+  stop: { reason: unknown };
+}
+
+async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: MovedRange[], batchKeys: number): Promise<void> {
+  const { pool, progress, stop } = ctx;
+  const source = pool.get(sourceAddress);
+  const targets = [...new Set(ranges.map((r) => r.to))];
+  const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end), String(targets.indexOf(r.to))]);
   const token = `mig-${randomBytes(6).toString('hex')}`;
-  const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end)]);
-  let request: Promise<Reply> = source.call(['RANGEDUMP', token, String(batchKeys), ...rangeArgs]);
+  // A batch is split between the targets: size it so that each IMPORT is about batchKeys.
+  const count = String(batchKeys * targets.length);
+  let request: Promise<Reply> = source.call(['RANGEDUMP', token, count, ...rangeArgs]);
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
   const track = (batch: Promise<void>): void => {
@@ -93,18 +145,16 @@ async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRang
   };
   try {
     for (;;) {
-      const reply = expectOk(await request, `RANGEDUMP on ${source.address}`);
-      if (reply.type !== 'array' || reply.items === null || reply.items.length < 2) throw new MigrationError(`RANGEDUMP on ${source.address}: malformed reply`);
-      const items = reply.items;
-      const done = items[0]!.type === 'int' && items[0].value === 1;
-      progress.keysScanned += items[1]!.type === 'int' ? items[1].value : 0;
+      const reply = expectOk(await request, `RANGEDUMP on ${sourceAddress}`);
+      const batch = parseDump(reply, targets.length, sourceAddress);
+      progress.keysScanned += batch.scanned;
       // Ask for the next batch at once: it is scanned while this one is imported.
-      if (!done) request = source.call(['RANGEDUMP', token, String(batchKeys)]);
-      if (items.length > 2) track(moveBatch(pool, source, items, to, progress));
+      if (!batch.done) request = source.call(['RANGEDUMP', token, count]);
+      if (batch.keys > 0) track(moveBatch(ctx, source, targets, batch));
       while (inFlight.size >= WINDOW && failure === undefined) await Promise.race(inFlight);
       if (failure !== undefined) throw failure;
       if (stop.reason !== undefined) throw new MigrationError(`stopped: another source failed`);
-      if (done) break;
+      if (batch.done) break;
     }
   } finally {
     await Promise.all(inFlight);
@@ -112,23 +162,44 @@ async function drainSource(pool: BackendPool, source: Backend, ranges: MovedRang
   if (failure !== undefined) throw failure;
 }
 
-/** IMPORT one dumped batch into its target(s); only once all hold it durably, DEL it at the source. */
-async function moveBatch(pool: BackendPool, source: Backend, items: Reply[], to: HashRing, progress: MigrationProgress): Promise<void> {
-  const byTarget = new Map<string, Buffer[]>();
-  const keys: Buffer[] = [];
-  for (let i = 2; i + 1 < items.length; i += 2) {
-    const k = items[i]!;
-    const v = items[i + 1]!;
-    if (k.type !== 'bulk' || k.value === null || v.type !== 'bulk' || v.value === null) throw new MigrationError('RANGEDUMP: malformed pair');
-    const target = to.ownerOfHash(hashBytes(k.value))!;
-    let list = byTarget.get(target);
-    if (list === undefined) byTarget.set(target, (list = []));
-    list.push(k.value, v.value);
-    keys.push(k.value);
+interface DumpedBatch {
+  done: boolean;
+  scanned: number;
+  keys: number;
+  /** `DEL k ...` for the source, as RESP bytes. */
+  del: Buffer;
+  /** `IMPORT k v ...` per target (empty: no key for that target), as RESP bytes. */
+  imports: Buffer[];
+}
+
+/** RANGEDUMP's reply: [done, scanned, keys, DEL request, IMPORT request per target]. */
+function parseDump(reply: Reply, targets: number, source: string): DumpedBatch {
+  const items = reply.type === 'array' ? reply.items : null;
+  const [done, scanned, keys] = items ?? [];
+  const frames = (items ?? []).slice(3).map((f) => (f.type === 'bulk' && f.value !== null ? f.value : undefined));
+  if (items?.length !== 4 + targets || done?.type !== 'int' || scanned?.type !== 'int' || keys?.type !== 'int' || frames.includes(undefined)) {
+    throw new MigrationError(`RANGEDUMP on ${source}: malformed reply`);
   }
-  const targets = [...byTarget.keys()];
-  const imports = await Promise.all(targets.map((t) => pool.get(t).call(['IMPORT', ...byTarget.get(t)!])));
-  imports.forEach((r, i) => expectOk(r, `IMPORT on ${targets[i]}`));
-  expectOk(await source.call(['DEL', ...keys]), `DEL on ${source.address}`);
-  progress.keysMoved += keys.length;
+  return { done: done.value === 1, scanned: scanned.value, keys: keys.value, del: frames[0]!, imports: frames.slice(1) as Buffer[] };
+}
+
+/** IMPORT one dumped batch into its target(s); only once all hold it durably, DEL it at the source. */
+async function moveBatch(ctx: MoveContext, source: Backend, targets: string[], batch: DumpedBatch): Promise<void> {
+  // Wait for every reply before judging any: nothing of this batch may still be in flight
+  // once the move is reported as failed.
+  const used = targets.filter((_t, i) => batch.imports[i]!.length > 0);
+  const replies = await Promise.all(
+    used.map(async (t) => {
+      const lane = ctx.lanes.get(t)!;
+      await lane.acquire();
+      try {
+        return await ctx.pool.get(t).callEncoded(batch.imports[targets.indexOf(t)]!);
+      } finally {
+        lane.release();
+      }
+    }),
+  );
+  replies.forEach((r, i) => expectOk(r, `IMPORT on ${used[i]}`));
+  expectOk(await source.callEncoded(batch.del), `DEL on ${source.address}`);
+  ctx.progress.keysMoved += batch.keys;
 }

@@ -6,7 +6,7 @@ import { ArgCursor } from '../common/commands/cursor.js';
 import { clientReply, commandReply, configReply, helpReply, selectReply } from '../common/commands/introspection.js';
 import { array, bulk, error, int, NIL, OK, PONG, simple, type Reply } from '../common/protocol/reply.js';
 import { CommandError } from '../common/errors.js';
-import type { HashRange } from '../common/ring.js';
+import { encodeDumpFrames, MAX_DUMP_TARGETS, type LabelledRange } from './range-dump.js';
 import type { ClientConnection } from '../common/net/client-connection.js';
 import type { ServerState } from './server.js';
 import { KeyState } from './store.js';
@@ -73,29 +73,28 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   nodeinfo: (s) => (s.data.readAll(), array([bulk('kvstore-server'), bulk(s.version), int(s.data.store.size), int(s.data.store.tombstoneCount)])),
 
   /**
-   * RANGEDUMP <token> <count> [start end ...]: with ranges, start a dump; without, continue it.
-   * Reply: [done, scanned, key1, value1, key2, value2, ...].
+   * RANGEDUMP <token> <count> [start end target ...]: with ranges, start a dump (each range
+   * labelled with the index of the node it moves to); without, continue it.
+   * Reply: [done, scanned, keys, DEL request, IMPORT request for target 0, for target 1, ...],
+   * the requests as ready-to-send RESP bytes (empty when a target gets no key in this batch).
    */
   rangedump(s, args) {
     const cursor = new ArgCursor(args, 'rangedump');
     const token = cursor.text();
     const count = cursor.uint(100_000);
-    let ranges: HashRange[] | undefined;
+    let ranges: LabelledRange[] | undefined;
     if (cursor.remaining > 0) {
-      if (cursor.remaining % 2 !== 0) throw new CommandError('ERR RANGEDUMP ranges come in start/end pairs');
+      if (cursor.remaining % 3 !== 0) throw new CommandError('ERR RANGEDUMP ranges come in start/end/target triples');
       ranges = [];
-      while (cursor.remaining > 0) ranges.push({ start: cursor.uint(0xffffffff), end: cursor.uint(0xffffffff) });
+      while (cursor.remaining > 0) ranges.push({ start: cursor.uint(0xffffffff), end: cursor.uint(0xffffffff), target: cursor.uint(MAX_DUMP_TARGETS - 1) });
     }
     cursor.finish();
     const batch = s.dumps.next(token, count, ranges);
     if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
-    const items: Reply[] = [int(batch.done ? 1 : 0), int(batch.scanned)];
-    for (let i = 0; i < batch.keys.length; i++) {
-      // Never hand out a value whose group could still fail: the reply waits for it.
-      s.data.state(batch.keys[i]!);
-      items.push(bulk(batch.keys[i]!), bulk(batch.values[i]!));
-    }
-    return array(items);
+    // Never hand out a value whose group could still fail: the reply waits for it.
+    for (const key of batch.keys) s.data.state(key);
+    const frames = encodeDumpFrames(batch);
+    return array([int(batch.done ? 1 : 0), int(batch.scanned), int(batch.keys.length), bulk(frames.del), ...frames.imports.map((f) => bulk(f))]);
   },
 
   import(s, args) {

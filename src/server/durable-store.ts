@@ -90,8 +90,19 @@ export class DurableStore {
 
   /** Insert only if the key is absent and not tombstoned: a migrating copy never overwrites newer data. */
   importIfAbsent(key: Buffer, value: Buffer): boolean {
-    if (this.state(key) !== KeyState.Absent) return false;
-    this.set(key, value);
+    const epoch = this.wal.fillingEpoch;
+    if (!this.store.insertIfAbsent(key, value, epoch)) {
+      // The refusal rests on what is there: if that write's group fails, so must this reply.
+      this.depend(this.store.readDependency);
+      return false;
+    }
+    try {
+      this.wal.append(RecordType.Set, key, value);
+    } catch (err) {
+      this.store.delete(key); // the WAL refused it (closing): memory must not keep it either
+      throw err;
+    }
+    this.depend(epoch);
     return true;
   }
 

@@ -27,6 +27,7 @@ const LEN_MASK = 0x3fffffff;
 const EMPTY = 0;
 const DELETED = -1;
 const MIN_CAPACITY = 1024;
+const MAX_ARENA = 0x7fffffff - 1;
 /** Compact an arena once its dead bytes exceed this and its live bytes. */
 const COMPACT_MIN_GARBAGE = 1024 * 1024;
 
@@ -48,6 +49,7 @@ function copyInto(target: Buffer, source: Uint8Array, at: number): void {
 }
 
 class Shard {
+  constructor(readonly index: number) {}
   private buf: Buffer = Buffer.allocUnsafe(64 * 1024);
   /** Typed view of the arena for header fields: much cheaper than Buffer's readUInt32LE. */
   private view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.length);
@@ -180,8 +182,11 @@ class Shard {
   append(hash: number, key: Uint8Array, value: Uint8Array | null): number {
     const size = HEADER + key.length + (value === null ? 0 : value.length);
     if (this.used + size > this.arena.length) {
+      // Offsets live in an Int32Array, so one shard's arena stops at 2 GiB.
+      if (this.used + size > MAX_ARENA) throw new Error('shard is full (2 GiB); start the server with more --shards');
       let cap = Math.max(this.arena.length, 64 * 1024);
-      while (this.used + size > cap) cap = Math.ceil(cap * 1.5);
+      while (this.used + size > cap) cap *= 2;
+      cap = Math.min(cap, MAX_ARENA);
       const bigger = Buffer.allocUnsafe(cap);
       this.arena.copy(bigger, 0, 0, this.used);
       this.arena = bigger;
@@ -298,7 +303,7 @@ export class ShardedStore {
     if (!Number.isInteger(shardCount) || shardCount < 1 || shardCount > 4096 || (shardCount & (shardCount - 1)) !== 0) {
       throw new RangeError(`shard count must be a power of two from 1 to 4096, got ${shardCount}`);
     }
-    this.shards = Array.from({ length: shardCount }, () => new Shard());
+    this.shards = Array.from({ length: shardCount }, (_s, i) => new Shard(i));
     this.shift = 32 - Math.log2(shardCount);
   }
 
@@ -382,6 +387,25 @@ export class ShardedStore {
     this.write(key, value, epoch);
   }
 
+  /**
+   * Store a value only if the key is absent (neither live nor tombstoned); true if stored. When
+   * it is not stored, readDependency says which pending group the refusal rests on.
+   */
+  insertIfAbsent(key: Uint8Array, value: Uint8Array, epoch = 0): boolean {
+    const hash = hashBytes(key);
+    const shard = this.shardOf(hash);
+    const slot = shard.find(key, hash);
+    if (slot >= 0) {
+      this.readDependency = shard.dirty.size === 0 ? 0 : (shard.dirty.get(shard.slots[slot]! - 1) ?? 0);
+      return false;
+    }
+    const off = shard.append(hash, key, value);
+    this.admit(shard, off);
+    shard.place(key, hash, off);
+    if (epoch > 0) this.remember(epoch, shard, -1, off);
+    return true;
+  }
+
   /** Delete; true if a live value was there. */
   delete(key: Uint8Array, epoch = 0): boolean {
     const hash = hashBytes(key);
@@ -448,9 +472,8 @@ export class ShardedStore {
   }
 
   private remember(epoch: number, shard: Shard, old: number, fresh: number): void {
-    const index = this.shards.indexOf(shard);
     this.undoEpoch.push(epoch);
-    this.undoShard.push(index);
+    this.undoShard.push(shard.index);
     this.undoOld.push(old);
     this.undoNew.push(fresh);
     if (fresh >= 0) shard.dirty.set(fresh, epoch);
@@ -472,7 +495,7 @@ export class ShardedStore {
 
   /** Drop everything (RESET). */
   clear(): void {
-    for (let i = 0; i < this.shards.length; i++) this.shards[i] = new Shard();
+    for (let i = 0; i < this.shards.length; i++) this.shards[i] = new Shard(i);
     this.liveKeys = 0;
     this.tombstones = 0;
     this.liveBytes = 0;

@@ -352,6 +352,11 @@ export class WriteAheadLog {
   }
 
   /** Add a record to the current group; returns the group's epoch. The flush happens at the end of this turn. */
+  /** The epoch of the group that the next append() joins. */
+  get fillingEpoch(): number {
+    return this.fillEpoch;
+  }
+
   append(type: RecordType, key: Uint8Array | null, value: Uint8Array | null): number {
     if (this.closed) throw new Error('WAL is closed');
     this.batch.append(type, key, value);

@@ -38,12 +38,12 @@ const READERS = 4;
 /** A reply slower than this is an unknown outcome (the connection is dropped and the key retired). */
 const OP_TIMEOUT_MS = 10_000;
 /**
- * Bound on the p99 latency of client requests during the moves. It only catches a hang. On the
- * 2-core machine these tests were written on (other suites running, load average 4-11), the p99
- * of single SET/DEL requests was 14-95 ms before the moves and 0.4-1.4 s during them (p50
- * 16-50 ms); 8-GET pipelines had a p99 of 0.5-1.9 s during the moves. Requests queue behind the
- * migration's 2,000-key IMPORT/DEL/RANGEDUMP batches on the proxy's FIFO connection to each
- * node, so the 50 ms one might want is not a stable assertion here. Every run prints the figures.
+ * Bound on the p99 latency of client requests during the moves. It only catches a hang: the
+ * 50 ms target is measured by `npm run bench:rebalance` on a quiet machine, not asserted here,
+ * where other suites share the 2 cores. Migration batches travel on their own connections and
+ * at most two 250-key IMPORTs wait at a target at once; with this file run alone, the p99 during
+ * the moves was 76 ms for SET/DEL and 147 ms for 8-GET pipelines (before that change, with
+ * 2,000-key batches on the clients' connections: 0.4-1.9 s). Every run prints the figures.
  */
 const P99_BOUND_MS = 5_000;
 

@@ -34,6 +34,8 @@ interface Pending {
 
 type Op =
   | { t: 'set'; key: Uint8Array; size: number; seed: number }
+  /** insertIfAbsent: what IMPORT does. */
+  | { t: 'insert'; key: Uint8Array; size: number; seed: number }
   | { t: 'delete'; key: Uint8Array }
   | { t: 'tombstone'; key: Uint8Array }
   | { t: 'clearTombstones' }
@@ -119,6 +121,21 @@ class Harness {
         const next: Entry = { value, epoch: this.epoch };
         this.model.set(k, next);
         this.record(k, prev, next);
+        break;
+      }
+      case 'insert': {
+        const [k, key] = this.use(op.key);
+        const value = makeValue(op.size, op.seed);
+        const prev = this.model.get(k);
+        const got = store.insertIfAbsent(key, value, this.epoch);
+        if (got !== (prev === undefined)) fail(`insertIfAbsent(${show(k)}) returned ${got} over ${prev === undefined ? 'nothing' : prev.value === null ? 'a tombstone' : 'a value'}`);
+        // A refusal rests on what refused it, exactly like a read of the key.
+        if (!got) this.checkDependency(k, prev, store.readDependency, 'insertIfAbsent');
+        else {
+          const next: Entry = { value, epoch: this.epoch };
+          this.model.set(k, next);
+          this.record(k, prev, next);
+        }
         break;
       }
       case 'delete': {
@@ -360,11 +377,12 @@ const arbKey = fc.oneof(
 const arbSmallSize = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 16 }), fc.integer({ min: 17, max: 3000 }));
 
 type Weights = Record<Op['t'], number>;
-const MIXED: Weights = { set: 30, delete: 12, tombstone: 8, clearTombstones: 2, group: 10, settle: 8, rollBack: 3, churn: 0 };
+const MIXED: Weights = { set: 30, insert: 8, delete: 12, tombstone: 8, clearTombstones: 2, group: 10, settle: 8, rollBack: 3, churn: 0 };
 
 function arbOp(key: fc.Arbitrary<Uint8Array>, size: fc.Arbitrary<number>, weights: Weights = MIXED): fc.Arbitrary<Op> {
   const arbs: { weight: number; arbitrary: fc.Arbitrary<Op> }[] = [
     { weight: weights.set, arbitrary: fc.record({ t: fc.constant('set' as const), key, size, seed: fc.nat() }) },
+    { weight: weights.insert, arbitrary: fc.record({ t: fc.constant('insert' as const), key, size, seed: fc.nat() }) },
     { weight: weights.delete, arbitrary: fc.record({ t: fc.constant('delete' as const), key }) },
     { weight: weights.tombstone, arbitrary: fc.record({ t: fc.constant('tombstone' as const), key }) },
     { weight: weights.clearTombstones, arbitrary: fc.constant<Op>({ t: 'clearTombstones' }) },
