@@ -15,7 +15,7 @@ import type { Logger } from '../common/logger.js';
 import type { BackendPool } from './backend.js';
 import type { Router } from './router.js';
 import { StateFile, type PendingMove, type ProxyState } from './ring-state.js';
-import { idleProgress, migrate, type MigrationProgress } from './migration.js';
+import { DEFAULT_BATCH_KEYS, idleProgress, migrate, type MigrationProgress } from './migration.js';
 
 /** host:port with a port from 1 to 65535, and nothing else. */
 export function parseNodeAddress(text: string): string | undefined {
@@ -36,6 +36,7 @@ export class Membership {
     private readonly router: Router,
     private readonly pool: BackendPool,
     private readonly log: Logger,
+    private readonly batchKeys = DEFAULT_BATCH_KEYS,
   ) {}
 
   get members(): readonly string[] {
@@ -147,7 +148,7 @@ export class Membership {
     this.progress = { ...idleProgress(), state: 'running', kind: move.kind, node: move.node, startedAt: Date.now() };
     this.log.info({ kind: move.kind, node: move.node }, move.kind === 'add' ? 'rebalancing for new node' : 'evacuating node');
     try {
-      await migrate(this.pool, from, to, this.progress);
+      await migrate(this.pool, from, to, this.progress, this.batchKeys);
     } catch (err) {
       this.progress.state = 'failed';
       this.progress.error = (err as Error).message;

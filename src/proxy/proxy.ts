@@ -33,6 +33,8 @@ export interface ProxyOptions {
   maxOutputBytes?: number;
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
+  /** Keys per IMPORT batch when moving data (default DEFAULT_BATCH_KEYS). */
+  migrateBatchKeys?: number;
   logger?: Logger;
 }
 
@@ -209,7 +211,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
 
   const router = new Router(pool, new HashRing(state.members, state.vnodes));
   if (state.move !== null) router.beginMove(new HashRing(state.move.to, state.vnodes));
-  const membership = new Membership(state, file, router, pool, log);
+  const membership = new Membership(state, file, router, pool, log, options.migrateBatchKeys);
   const executor = new ProxyExecutor(router, membership, pool, listener, { port, host, maxClients });
 
   listener.accept(maxClients, {

@@ -93,6 +93,7 @@ describe('bad values exit non-zero with a clear message on stderr', () => {
     ['kv-proxy', () => ['--port', '65536'], /'65536' is not a port number/],
     ['kv-proxy', () => ['--vnodes', '0'], /--vnodes.*'0'/],
     ['kv-proxy', () => ['--connect-timeout', '1s'], /--connect-timeout.*'1s'/],
+    ['kv-proxy', () => ['--migrate-batch', '0'], /--migrate-batch.*'0'/],
     ['kv-client', () => ['--port', 'x'], /'x' is not a port number/],
     ['kv-demo', () => ['--proxy-port', 'x'], /'x' is not a port number/],
     // A typo in the demo's port list: the same clear message as for --proxy-port.
