@@ -185,7 +185,7 @@ class Shard {
       // Offsets live in an Int32Array, so one shard's arena stops at 2 GiB.
       if (this.used + size > MAX_ARENA) throw new Error('shard is full (2 GiB); start the server with more --shards');
       let cap = Math.max(this.arena.length, 64 * 1024);
-      while (this.used + size > cap) cap *= 2;
+      while (this.used + size > cap) cap = Math.ceil(cap * 1.5);
       cap = Math.min(cap, MAX_ARENA);
       const bigger = Buffer.allocUnsafe(cap);
       this.arena.copy(bigger, 0, 0, this.used);
