@@ -137,12 +137,19 @@ class Shard {
 
   /** Point `key`'s slot at `off` (inserting the key if absent). */
   place(key: Uint8Array, hash: number, off: number): void {
-    let slot = this.find(key, hash);
-    if (slot < 0) {
-      if ((this.filled + 1) * 10 > this.slots.length * 7) this.rehash();
-      slot = this.freeSlot(hash);
-      if (this.slots[slot] === EMPTY) this.filled++;
+    const slot = this.find(key, hash);
+    if (slot < 0) this.placeAbsent(hash, off);
+    else {
+      this.slots[slot] = off + 1;
+      this.hashes[slot] = hash | 0;
     }
+  }
+
+  /** Insert an entry whose key the caller just found absent (saves a second probe). */
+  placeAbsent(hash: number, off: number): void {
+    if ((this.filled + 1) * 10 > this.slots.length * 7) this.rehash();
+    const slot = this.freeSlot(hash);
+    if (this.slots[slot] === EMPTY) this.filled++;
     this.slots[slot] = off + 1;
     this.hashes[slot] = hash | 0;
   }
@@ -401,7 +408,7 @@ export class ShardedStore {
     }
     const off = shard.append(hash, key, value);
     this.admit(shard, off);
-    shard.place(key, hash, off);
+    shard.placeAbsent(hash, off);
     if (epoch > 0) this.remember(epoch, shard, -1, off);
     return true;
   }
@@ -441,7 +448,7 @@ export class ShardedStore {
     const off = shard.append(hash, key, value);
     this.admit(shard, off);
     if (slot >= 0) shard.slots[slot] = off + 1;
-    else shard.place(key, hash, off);
+    else shard.placeAbsent(hash, off);
     if (epoch > 0) this.remember(epoch, shard, old, off);
   }
 
