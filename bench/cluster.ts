@@ -60,6 +60,18 @@ export async function startProxy(dir: string, port?: number, extra: string[] = [
   return launch(`proxy:${p}`, 'kv-proxy', ['--port', String(p), '--dir', dir, ...extra], /^--- KV Proxy\/Gateway running on Port /, p);
 }
 
+/** CPU time (user + system) a process has used so far, in ms; undefined where /proc is missing. */
+export function cpuMs(p: Proc): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${p.proc.pid}/stat`, 'latin1');
+    // Fields after the command name (which may contain spaces) start at ") ".
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in 1/100 s
+  } catch {
+    return undefined;
+  }
+}
+
 export function stopAll(): void {
   // A profiled process must exit normally to write its profile.
   for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill(PROFILE_DIR === undefined ? 'SIGKILL' : 'SIGINT');

@@ -7,7 +7,7 @@
 //   3. REMOVE a node, the same.
 // Prints numbers only; not part of npm test.
 import { closedLoop, percentile, pipelined, type LoadStats } from './load.js';
-import { startProxy, startServer, stopAll, tempDir } from './cluster.js';
+import { cpuMs, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
@@ -50,17 +50,26 @@ const base = load.window();
 const baseRate = base.ops / (BASELINE_MS / 1000);
 console.log(`baseline (${CLIENTS} clients, 90% GET): ${summary(base, BASELINE_MS)}`);
 
+/** CPU ms used by each process between two snapshots, as "name X ms" (Linux only). */
+function cpuUsed(procs: readonly Proc[], before: (number | undefined)[]): string {
+  return procs.map((p, i) => `${p.name} ${Math.round((cpuMs(p) ?? NaN) - (before[i] ?? NaN))} ms`).join(', ');
+}
+
 async function measure(label: string, args: string[]): Promise<void> {
+  const procs = [proxy, ...servers];
   load.window();
+  const cpuBefore = procs.map(cpuMs);
   const start = performance.now();
   const reply = await admin.send(args);
   const ms = performance.now() - start;
+  const cpu = cpuUsed(procs, cpuBefore);
   const w = load.window();
   const text = reply.type === 'simple' ? reply.value : reply.type === 'error' ? reply.message : '?';
   const moved = Number(/moved=(\d+)/.exec(text)?.[1] ?? 0);
   console.log(`${label}: ${text}`);
   console.log(`  moved ${moved} keys in ${(ms / 1000).toFixed(2)} s = ${Math.round(moved / (ms / 1000))} keys/s`);
   console.log(`  load during the move: ${summary(w, ms)} (${((w.ops / (ms / 1000) / baseRate) * 100).toFixed(0)}% of baseline)`);
+  console.log(`  CPU used during the move (load included): ${cpu}`);
 }
 
 await measure('ADD 4th node', ['ADD', `127.0.0.1:${servers[3]!.port}`]);

@@ -5,9 +5,11 @@
 // with its target. The source returns every batch as ready-to-send requests: an IMPORT per
 // target (insert-if-absent, one fsync per batch on the target) and a DEL for itself. The proxy
 // forwards those bytes untouched, so moving a key costs the proxy no per-key work. Only after
-// every target acknowledged its IMPORT durably does the source get the DEL (one fsync). The
-// next batch's RANGEDUMP is requested while the current one is being imported, so the source,
-// the targets and the proxy work in parallel. Sources run concurrently.
+// every target acknowledged its IMPORT durably does the source get the batch's DEL; DELs go
+// out in rounds of ~2,000 keys so that the source syncs many batches with one fsync. A source
+// that leaves the ring (REMOVE) gets no DELs at all: it is RESET once the move is committed.
+// The next batch's RANGEDUMP is requested while the current one is being imported, so the
+// source, the targets and the proxy work in parallel. Sources run concurrently.
 //
 // Migration traffic uses its own connections (BackendPool.fork), so a client's GET is never
 // queued behind a batch on the wire or in a node's reply order.
@@ -78,7 +80,7 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   try {
     const results = await Promise.allSettled(
       [...bySource].map(([source, ranges]) =>
-        drainSource({ pool: bulkPool, lanes, progress, stop }, source, ranges, batchKeys).catch((err: unknown) => {
+        drainSource({ pool: bulkPool, lanes, progress, stop }, source, ranges, batchKeys, to.members.includes(source)).catch((err: unknown) => {
           stop.reason ??= err;
           throw err;
         }),
@@ -118,6 +120,40 @@ class Lane {
   }
 }
 
+/**
+ * Keys deleted from a source per DEL round. The DEL of each imported batch waits here until
+ * this many keys are due, then they all leave together: the source reads them in one go and
+ * syncs them with one fsync, instead of one fsync per batch.
+ */
+const DELETE_ROUND_KEYS = 2000;
+
+/** The DELs a source owes for batches its targets hold durably, sent in rounds. */
+class SourceDeletes {
+  private frames: Buffer[] = [];
+  private due = 0;
+  private readonly sent: Promise<Reply>[] = [];
+
+  constructor(private readonly source: Backend) {}
+
+  add(frame: Buffer, keys: number): void {
+    this.frames.push(frame);
+    this.due += keys;
+    if (this.due >= DELETE_ROUND_KEYS) this.flush();
+  }
+
+  private flush(): void {
+    for (const frame of this.frames) this.sent.push(this.source.callEncoded(frame));
+    this.frames = [];
+    this.due = 0;
+  }
+
+  /** Send what is left and wait until the source has every delete on disk. */
+  async finish(): Promise<void> {
+    this.flush();
+    for (const reply of await Promise.all(this.sent)) expectOk(reply, `DEL on ${this.source.address}`);
+  }
+}
+
 interface MoveContext {
   pool: BackendPool;
   lanes: Map<string, Lane>;
@@ -125,9 +161,15 @@ interface MoveContext {
   stop: { reason: unknown };
 }
 
-async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: MovedRange[], batchKeys: number): Promise<void> {
+/**
+ * Stream one source's moving keys to their targets. `deleteMoved`: delete them from the source
+ * as they land; false for a source leaving the ring, whose data is dropped whole (RESET) once
+ * the move is committed, so per-key deletes would be wasted work.
+ */
+async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: MovedRange[], batchKeys: number, deleteMoved: boolean): Promise<void> {
   const { pool, progress, stop } = ctx;
   const source = pool.get(sourceAddress);
+  const deletes = deleteMoved ? new SourceDeletes(source) : undefined;
   const targets = [...new Set(ranges.map((r) => r.to))];
   const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end), String(targets.indexOf(r.to))]);
   const token = `mig-${randomBytes(6).toString('hex')}`;
@@ -150,7 +192,7 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
       progress.keysScanned += batch.scanned;
       // Ask for the next batch at once: it is scanned while this one is imported.
       if (!batch.done) request = source.call(['RANGEDUMP', token, count]);
-      if (batch.keys > 0) track(moveBatch(ctx, source, targets, batch));
+      if (batch.keys > 0) track(moveBatch(ctx, targets, batch).then(() => deletes?.add(batch.del, batch.keys)));
       while (inFlight.size >= WINDOW && failure === undefined) await Promise.race(inFlight);
       if (failure !== undefined) throw failure;
       if (stop.reason !== undefined) throw new MigrationError(`stopped: another source failed`);
@@ -160,6 +202,7 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
     await Promise.all(inFlight);
   }
   if (failure !== undefined) throw failure;
+  await deletes?.finish();
 }
 
 interface DumpedBatch {
@@ -183,8 +226,8 @@ function parseDump(reply: Reply, targets: number, source: string): DumpedBatch {
   return { done: done.value === 1, scanned: scanned.value, keys: keys.value, del: frames[0]!, imports: frames.slice(1) as Buffer[] };
 }
 
-/** IMPORT one dumped batch into its target(s); only once all hold it durably, DEL it at the source. */
-async function moveBatch(ctx: MoveContext, source: Backend, targets: string[], batch: DumpedBatch): Promise<void> {
+/** IMPORT one dumped batch into its target(s); resolves once all of them hold it durably. */
+async function moveBatch(ctx: MoveContext, targets: string[], batch: DumpedBatch): Promise<void> {
   // Wait for every reply before judging any: nothing of this batch may still be in flight
   // once the move is reported as failed.
   const used = targets.filter((_t, i) => batch.imports[i]!.length > 0);
@@ -200,6 +243,5 @@ async function moveBatch(ctx: MoveContext, source: Backend, targets: string[], b
     }),
   );
   replies.forEach((r, i) => expectOk(r, `IMPORT on ${used[i]}`));
-  expectOk(await source.callEncoded(batch.del), `DEL on ${source.address}`);
   ctx.progress.keysMoved += batch.keys;
 }
