@@ -25,6 +25,8 @@ const KEYS = Number(process.env.KEYS ?? 1_000_000);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PEER = process.env.PEER_SCRIPT ?? path.resolve(here, '../../shared/peers/twemproxy-redis.sh');
 const PEER_PORT = 22121;
+/** The first redis-server behind the peer's twemproxy (see the peer script). */
+const PEER_REDIS_PORT = 7101;
 
 function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
@@ -200,6 +202,17 @@ for (let r = 0; r < ROUNDS; r++) {
 }
 const overheadUs = (median(viaProxy) - median(directly)) * 1000;
 row('GET p50, 1 client (ms)', `${median(viaProxy).toFixed(3)} via proxy`, `${median(directly).toFixed(3)} direct`, `+${overheadUs.toFixed(0)} us`, '<= +100 us');
+if (peerAvailable) {
+  // The same measure for the peer, in the same minute: what a C proxy adds on this machine.
+  const viaTwemproxy: number[] = [];
+  const redisDirect: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    viaTwemproxy.push(redisBenchmark(PEER_PORT, 'get', ['-c', '1'], 20_000).p50);
+    redisDirect.push(redisBenchmark(PEER_REDIS_PORT, 'get', ['-c', '1'], 20_000).p50);
+  }
+  const peerUs = (median(viaTwemproxy) - median(redisDirect)) * 1000;
+  row('peer: GET p50, 1 client (ms)', `${median(viaTwemproxy).toFixed(3)} via twemproxy`, `${median(redisDirect).toFixed(3)} redis direct`, `+${peerUs.toFixed(0)} us`, 'reference');
+}
 
 console.log('\n| measure | kvstore | peer / reference | ratio | target |\n|---|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.join(' | ')} |`);
