@@ -93,12 +93,12 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   }
 }
 
-/** Batches of one source in flight at once (import + delete); the dump itself is sequential. */
+/** Batches of one source being imported at once; the dump itself is sequential. */
 const WINDOW = 2;
 /**
  * IMPORTs in flight to one target, whichever source they come from. A node serves a batch in
- * one go, so every batch queued ahead of a client's request delays it: one at a time keeps that
- * delay to about one batch (~2 ms at 500 keys) while still keeping the target busy.
+ * one go, so every batch queued ahead of a client's request delays it: two at a time bound that
+ * delay to about two batches (~500 keys at the default size) while keeping the target busy.
  */
 const TARGET_WINDOW = 2;
 
