@@ -68,6 +68,8 @@ class ProxyExecutor implements Executor {
     switch (spec.name) {
       case 'ping':
         return args.length > 2 ? error("ERR wrong number of arguments for 'ping' command") : args.length > 1 ? bulk(args[1]!) : PONG;
+      case 'echo':
+        return bulk(args[1]!);
       case 'command':
         return commandReply(args, 'proxy');
       case 'config':

@@ -17,6 +17,8 @@ type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | '
 export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   ping: (_s, args) => (args.length > 2 ? error("ERR wrong number of arguments for 'ping' command") : args.length > 1 ? bulk(args[1]!) : PONG),
 
+  echo: (_s, args) => bulk(args[1]!),
+
   set(s, args) {
     s.data.set(args[1]!, args[2]!);
     return OK;

@@ -30,6 +30,25 @@ describe('redis-cli', () => {
   });
 });
 
+describe('redis-cli --pipe', () => {
+  it('bulk-loads a RESP stream through the proxy, binary values intact, and ends on its ECHO', async () => {
+    const cli = requireTool('redis-cli', INSTALL);
+    const value = (i: number): Buffer => Buffer.from(`pipe value ${i}\r\n\u0000 end`, 'latin1');
+    const frames: Buffer[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const key = Buffer.from(`pipe:${i}`);
+      const v = value(i);
+      frames.push(Buffer.from(`*3\r\n$3\r\nSET\r\n$${key.length}\r\n`), key, Buffer.from(`\r\n$${v.length}\r\n`), v, Buffer.from('\r\n'));
+    }
+    // --pipe appends ECHO <random> and waits for it to come back before it exits.
+    const r = await run(cli, ['-h', HOST, '-p', String(cluster.proxy.port), '--pipe'], { stdin: Buffer.concat(frames), timeoutMs: 60_000 });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toContain('errors: 0, replies: 3000');
+    const get = await run(cli, ['-h', HOST, '-p', String(cluster.proxy.port), '--no-raw', 'get', 'pipe:2999']);
+    expect(get.stdout).toBe('"pipe value 2999\\r\\n\\x00 end"\n');
+  });
+});
+
 describe('redis-benchmark', () => {
   it('runs SET and GET without errors and reports their throughput', async () => {
     const bench = requireTool('redis-benchmark', INSTALL);

@@ -53,6 +53,7 @@ function spec(s: Spec): CommandSpec {
 
 export const COMMANDS = {
   ping: spec({ name: 'ping', arity: -1, flags: ['noauth'], on: 'both', usage: 'PING [message]', summary: 'Check the connection: replies PONG.' }),
+  echo: spec({ name: 'echo', arity: 2, flags: [], on: 'both', textRest: 1, usage: 'ECHO <message>', summary: 'Reply with the message (redis-cli --pipe ends its stream with one).' }),
   quit: spec({ name: 'quit', arity: -1, flags: ['noauth'], on: 'both', usage: 'QUIT', summary: 'Close the connection.' }),
   auth: spec({ name: 'auth', arity: -2, flags: ['noauth'], on: 'both', usage: 'AUTH <password>', summary: 'Authenticate when the process runs with --password.' }),
   set: spec({
