@@ -152,6 +152,12 @@ class SourceDeletes {
     this.flush();
     for (const reply of await Promise.all(this.sent)) expectOk(reply, `DEL on ${this.source.address}`);
   }
+
+  /** After a failure: wait for the DELs already sent (whatever their outcome); send no more. */
+  async abandon(): Promise<void> {
+    this.frames = [];
+    await Promise.all(this.sent);
+  }
 }
 
 interface MoveContext {
@@ -198,10 +204,17 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
       if (stop.reason !== undefined) throw new MigrationError(`stopped: another source failed`);
       if (batch.done) break;
     }
-  } finally {
+  } catch (err) {
+    // Nothing of this attempt may still be in flight once the move is reported as failed.
     await Promise.all(inFlight);
+    await deletes?.abandon();
+    throw err;
   }
-  if (failure !== undefined) throw failure;
+  await Promise.all(inFlight);
+  if (failure !== undefined) {
+    await deletes?.abandon();
+    throw failure;
+  }
   await deletes?.finish();
 }
 
