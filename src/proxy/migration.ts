@@ -102,7 +102,7 @@ const WINDOW = 2;
  */
 const TARGET_WINDOW = 2;
 
-/** A counting semaphore: at most `size` holders at once, the rest wait in order. */
+/** A counting semaphore: at most `free` (as constructed) holders at once; the rest wait in order. */
 class Lane {
   private waiting: (() => void)[] = [];
   constructor(private free: number) {}
