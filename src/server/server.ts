@@ -3,7 +3,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { ShardedStore } from './store.js';
 import { DurableStore } from './durable-store.js';
-import { WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
+import { estimateRecords, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
@@ -181,8 +181,12 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   const state = new ServerState(data, log, listener, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
   let opened;
   try {
-    // The log's size bounds what the replay will hold: size the arenas once, trim afterwards.
-    if (fs.existsSync(walFile)) data.store.reserve(fs.statSync(walFile).size);
+    // The log's size bounds what the replay will hold: size the arenas and the indexes once
+    // (the record count estimated from the log's first MiB), trim afterwards.
+    if (fs.existsSync(walFile)) {
+      data.store.reserve(fs.statSync(walFile).size);
+      data.store.expectEntries(estimateRecords(walFile));
+    }
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
       syncWrites: options.walSyncWrites ?? true,

@@ -159,11 +159,31 @@ class Shard {
   }
 
   private rehash(): void {
+    let capacity = this.slots.length;
+    while ((this.liveSlots() + 1) * 10 > capacity * 5) capacity *= 2;
+    this.rebuild(capacity);
+  }
+
+  private liveSlots(): number {
     let live = 0;
     for (const s of this.slots) if (s > 0) live++;
+    return live;
+  }
+
+  /** Size the index for `entries` more keys in one step, before a bulk load. */
+  expectEntries(entries: number): void {
     let capacity = this.slots.length;
-    while ((live + 1) * 10 > capacity * 5) capacity *= 2;
-    this.rebuild(capacity);
+    while ((this.filled + entries) * 10 > capacity * 5) capacity *= 2;
+    if (capacity > this.slots.length) this.rebuild(capacity);
+  }
+
+  /** Shrink an index left under a quarter full (expectEntries guessed too many). */
+  trimIndex(): void {
+    const live = this.liveSlots();
+    if (this.slots.length <= MIN_CAPACITY || live * 4 >= this.slots.length) return;
+    let capacity = MIN_CAPACITY;
+    while (live * 10 > capacity * 5) capacity *= 2;
+    if (capacity < this.slots.length) this.rebuild(capacity);
   }
 
   private rebuild(capacity: number): void {
@@ -605,9 +625,22 @@ export class ShardedStore {
     for (const shard of this.shards) shard.reserve(each);
   }
 
-  /** Release the arenas' spare room, e.g. once replay is done (growth leaves up to half unused). */
+  /**
+   * Before a bulk load of about `entries` keys (a replay: estimated from the WAL), size the
+   * indexes once instead of doubling them step by step (each doubling rehashes everything and
+   * touches fresh pages). An estimate too high is given back by trim().
+   */
+  expectEntries(entries: number): void {
+    const each = Math.ceil(entries / this.shards.length);
+    for (const shard of this.shards) shard.expectEntries(each);
+  }
+
+  /** Release spare room once a bulk load is done: arenas (growth leaves up to half unused), indexes. */
   trim(): void {
-    for (const shard of this.shards) shard.trim();
+    for (const shard of this.shards) {
+      shard.trim();
+      shard.trimIndex();
+    }
   }
 
   // --- walking the data ------------------------------------------------------------------

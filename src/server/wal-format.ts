@@ -127,3 +127,23 @@ export function parseRecord(buf: Buffer, at: number, end: number, out: ParsedRec
   out.size = size;
   return Parse.Ok;
 }
+
+/**
+ * Walk the record headers at the start of `buf` (no CRC check: this is only an estimate) and
+ * count the data records (not COMMITs) and the bytes they and the COMMITs span.
+ */
+export function sampleRecords(buf: Buffer): { records: number; bytes: number } {
+  let at = 0;
+  let records = 0;
+  while (at + RECORD_HEADER <= buf.length) {
+    const type = buf[at + 4]!;
+    const keyLen = buf.readUInt32LE(at + 5);
+    const valueLen = buf.readUInt32LE(at + 9);
+    if (!KNOWN.has(type) || keyLen > MAX_FIELD || valueLen > MAX_FIELD) break;
+    const size = RECORD_HEADER + keyLen + valueLen;
+    if (at + size > buf.length) break;
+    if (type !== RecordType.Commit) records++;
+    at += size;
+  }
+  return { records, bytes: at };
+}

@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fsyncDirectory } from '../common/durable-file.js';
-import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, parseRecord, type ParsedRecord } from './wal-format.js';
+import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, parseRecord, sampleRecords, type ParsedRecord } from './wal-format.js';
 
 export type FsyncPolicy = 'always' | 'everysec' | 'no';
 export const FSYNC_POLICIES: readonly FsyncPolicy[] = ['always', 'everysec', 'no'];
@@ -97,6 +97,29 @@ interface ScanResult {
   /** Offset where the first bad or short record starts, if any. */
   badAt?: number;
   badReason?: string;
+}
+
+/**
+ * About how many data records the log holds, from the first MiB of it: enough to size the
+ * store's indexes before a replay. 0 when the log is empty or unreadable.
+ */
+export function estimateRecords(file: string): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch {
+    return 0;
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size <= MAGIC.length) return 0;
+    const head = Buffer.allocUnsafe(Math.min(1024 * 1024, size - MAGIC.length));
+    const got = fs.readSync(fd, head, 0, head.length, MAGIC.length);
+    const { records, bytes } = sampleRecords(head.subarray(0, got));
+    return bytes === 0 ? 0 : Math.ceil(((size - MAGIC.length) * records) / bytes);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**

@@ -43,7 +43,11 @@ type Op =
   | { t: 'settle'; part: number }
   | { t: 'rollBack'; beyond: number }
   /** Overwrite a key kept out of the checks with a big value and settle: makes its arena compact. */
-  | { t: 'churn'; seed: number };
+  | { t: 'churn'; seed: number }
+  /** Pre-size the indexes for n more keys, as before a replay (may guess far too many). */
+  | { t: 'expect'; n: number }
+  /** Give back spare arena and index room, as after a replay. */
+  | { t: 'trim' };
 
 interface HarnessOptions {
   /** Run clearTombstones while writes are pending (otherwise settle everything first). */
@@ -185,6 +189,12 @@ class Harness {
         break;
       case 'rollBack':
         this.rollBackTo(this.epoch + op.beyond);
+        break;
+      case 'expect':
+        store.expectEntries(op.n);
+        break;
+      case 'trim':
+        store.trim();
         break;
       case 'churn': {
         const value = makeValue(300 * 1024, op.seed);
@@ -377,7 +387,7 @@ const arbKey = fc.oneof(
 const arbSmallSize = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 16 }), fc.integer({ min: 17, max: 3000 }));
 
 type Weights = Record<Op['t'], number>;
-const MIXED: Weights = { set: 30, insert: 8, delete: 12, tombstone: 8, clearTombstones: 2, group: 10, settle: 8, rollBack: 3, churn: 0 };
+const MIXED: Weights = { set: 30, insert: 8, delete: 12, tombstone: 8, clearTombstones: 2, group: 10, settle: 8, rollBack: 3, churn: 0, expect: 1, trim: 1 };
 
 function arbOp(key: fc.Arbitrary<Uint8Array>, size: fc.Arbitrary<number>, weights: Weights = MIXED): fc.Arbitrary<Op> {
   const arbs: { weight: number; arbitrary: fc.Arbitrary<Op> }[] = [
@@ -390,6 +400,8 @@ function arbOp(key: fc.Arbitrary<Uint8Array>, size: fc.Arbitrary<number>, weight
     { weight: weights.settle, arbitrary: fc.record({ t: fc.constant('settle' as const), part: fc.double({ min: 0, max: 1, noNaN: true }) }) },
     { weight: weights.rollBack, arbitrary: fc.record({ t: fc.constant('rollBack' as const), beyond: fc.integer({ min: 0, max: 2 }) }) },
     { weight: weights.churn, arbitrary: fc.record({ t: fc.constant('churn' as const), seed: fc.nat() }) },
+    { weight: weights.expect, arbitrary: fc.record({ t: fc.constant('expect' as const), n: fc.integer({ min: 0, max: 100_000 }) }) },
+    { weight: weights.trim, arbitrary: fc.constant<Op>({ t: 'trim' }) },
   ];
   return fc.oneof(...arbs.filter((a) => a.weight > 0));
 }

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, encodeRecord, parseRecord, type ParsedRecord } from '../../src/server/wal-format.js';
-import { WalCorruptionError, WriteAheadLog, scanLog, type ReplayStats, type WalEvents } from '../../src/server/wal.js';
+import { WalCorruptionError, WriteAheadLog, estimateRecords, scanLog, type ReplayStats, type WalEvents } from '../../src/server/wal.js';
 import { repairLog } from '../../src/server/wal-repair.js';
 import { DurableStore } from '../../src/server/durable-store.js';
 import { ShardedStore } from '../../src/server/store.js';
@@ -170,6 +170,33 @@ describe('wal-format', () => {
     expect(batch.bytes().length).toBe(0);
   });
 });
+describe('estimateRecords', () => {
+  it('estimates the data records of a log from its first MiB (COMMITs not counted)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kv-estimate-'));
+    const file = path.join(dir, 'wal_1.log');
+    const batch = new RecordBatch();
+    const chunks: Buffer[] = [MAGIC];
+    for (let i = 0; i < 30_000; i++) {
+      batch.append(RecordType.Set, Buffer.from(`key:${i}`), Buffer.alloc(40 + (i % 60), 1));
+      if (i % 100 === 99) {
+        batch.append(RecordType.Commit, null, null);
+        chunks.push(Buffer.from(batch.bytes()));
+        batch.reset();
+      }
+    }
+    fs.writeFileSync(file, Buffer.concat(chunks));
+    const estimate = estimateRecords(file);
+    expect(estimate).toBeGreaterThan(30_000 * 0.9);
+    expect(estimate).toBeLessThan(30_000 * 1.1);
+    fs.writeFileSync(file, MAGIC);
+    expect(estimateRecords(file)).toBe(0);
+    expect(estimateRecords(path.join(dir, 'missing.log'))).toBe(0);
+    fs.writeFileSync(file, Buffer.concat([MAGIC, Buffer.alloc(100, 0xff)]));
+    expect(estimateRecords(file), 'garbage is no record').toBe(0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
 
 describe('WriteAheadLog: append and replay', () => {
   it('a fresh log holds only the magic', () => {
