@@ -17,6 +17,9 @@ import { VERSION } from '../common/version.js';
 import type { CommandSpec } from '../common/commands/table.js';
 import { error } from '../common/protocol/reply.js';
 
+/** The most keys a replay sizes the indexes for up front (about 128 MB of index at most). */
+const MAX_PRESIZED_KEYS = 8_000_000;
+
 export interface ServerOptions {
   /** 0 picks a free port; the WAL is then named after the port actually bound. */
   port: number;
@@ -185,7 +188,8 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     // (the record count estimated from the log's first MiB), trim afterwards.
     if (fs.existsSync(walFile)) {
       data.store.reserve(fs.statSync(walFile).size);
-      data.store.expectEntries(estimateRecords(walFile));
+      // Capped: a misleading first MiB must not make a huge index; beyond this it grows as usual.
+      data.store.expectEntries(Math.min(estimateRecords(walFile), MAX_PRESIZED_KEYS));
     }
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
