@@ -16,6 +16,11 @@ import type { HashRange } from '../common/ring.js';
 import { ByteSink } from '../common/protocol/byte-sink.js';
 import type { ShardedStore, StoreCursor } from './store.js';
 
+/**
+ * Bytes of keys and values in one batch at most (one entry more if that entry alone is bigger):
+ * with 16 MiB values, a batch of `count` keys would otherwise be gigabytes.
+ */
+export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 /** Most targets one dump splits its keys between. */
 export const MAX_DUMP_TARGETS = 1024;
 /** Entries examined per call at most: bounds the time one call holds the event loop. */
@@ -113,8 +118,8 @@ export class RangeDumps {
     return this.dumps.size;
   }
 
-  /** Next batch of up to `count` pairs. `ranges` starts a new dump under `token`. */
-  next(token: string, count: number, ranges: readonly LabelledRange[] | undefined, now = Date.now()): DumpBatch | undefined {
+  /** Next batch of up to `count` pairs and about `maxBytes`. `ranges` starts a new dump under `token`. */
+  next(token: string, count: number, ranges: readonly LabelledRange[] | undefined, now = Date.now(), maxBytes = MAX_BATCH_BYTES): DumpBatch | undefined {
     this.expire(now);
     let dump = this.dumps.get(token);
     if (ranges !== undefined && ranges.length > 0) {
@@ -127,7 +132,9 @@ export class RangeDumps {
     const out: DumpBatch = { done: false, scanned: 0, targets: intervals.labels, keys: [], values: [], labels: [] };
     // Scan in steps so that a batch stops soon after it is full.
     const step = Math.max(1000, Math.min(SCAN_BUDGET, count * 4));
-    while (out.keys.length < count && out.scanned < SCAN_BUDGET) {
+    let bytes = 0;
+    const full = (): boolean => out.keys.length >= count || bytes >= maxBytes;
+    while (!full() && out.scanned < SCAN_BUDGET) {
       const before = out.scanned;
       const done = this.store.scan(dump.cursor, step, (hash, key, value) => {
         out.scanned++;
@@ -136,7 +143,8 @@ export class RangeDumps {
         out.keys.push(key);
         out.values.push(value!);
         out.labels.push(label);
-        return out.keys.length < count;
+        bytes += key.length + value!.length;
+        return !full();
       });
       if (done) {
         out.done = true;

@@ -1,8 +1,9 @@
 // ADD and REMOVE with data in the cluster: every key stays readable, nothing is duplicated or
 // lost, the new node takes a fair share, and a removed node is emptied (RESET truncates its WAL).
 import fs from 'node:fs';
+import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanup, dbsize, freePort, nodeAddress, startCluster, TextClient, walPath, wrongValues, type ProcHandle } from './harness.js';
+import { HOST, cleanup, dbsize, freePort, nodeAddress, startCluster, TextClient, walPath, wrongValues, type ProcHandle } from './harness.js';
 
 afterEach(cleanup);
 
@@ -74,6 +75,29 @@ describe('rebalancing', () => {
     expect([...(await nodeKeys(client)).keys()].sort()).toEqual([nodeAddress(s2), nodeAddress(s3)].sort());
     expect((await dbsize(s2.port)) + (await dbsize(s3.port))).toBe(KEYS);
     client.close();
+  });
+
+  it('moves multi-megabyte binary values intact (batches are bounded in bytes, not only keys)', async () => {
+    const { proxy, servers } = await startCluster(2);
+    const [s1, s2] = servers as [ProcHandle, ProcHandle];
+    const admin = await TextClient.connect(proxy.port);
+    expect(await admin.send(`ADD ${nodeAddress(s1)}`)).toMatch(/^OK added /);
+    const redis = new Redis({ host: HOST, port: proxy.port, lazyConnect: true, maxRetriesPerRequest: 0 });
+    await redis.connect();
+    const big = (i: number): Buffer => {
+      const v = Buffer.alloc(2 * 1024 * 1024 + i);
+      for (let j = 0; j < v.length; j += 4096) v[j] = (i * 31 + j) & 0xff;
+      v.write(`\r\n$${i}\r\n`, 100, 'latin1'); // RESP-looking bytes inside a value
+      return v;
+    };
+    const N = 24;
+    for (let i = 0; i < N; i++) expect(await redis.set(`big:${i}`, big(i))).toBe('OK');
+    const added = await admin.send(`ADD ${nodeAddress(s2)}`);
+    expect(added).toMatch(/^OK added \S+ moved=[1-9]\d* /);
+    for (let i = 0; i < N; i++) expect((await redis.getBuffer(`big:${i}`))?.equals(big(i)), `big:${i}`).toBe(true);
+    expect((await dbsize(s1.port)) + (await dbsize(s2.port)), 'every key on exactly one node').toBe(N);
+    redis.disconnect();
+    admin.close();
   });
 
   it('rejects ADD of a member, of a dead port and of bad addresses', async () => {

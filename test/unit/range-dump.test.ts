@@ -296,6 +296,30 @@ describe('RangeDumps', () => {
     expect(dumps.next('D', 10, undefined)).toBeUndefined();
   });
 
+  it('a batch also stops at a byte budget, so big values never make a giant reply', () => {
+    const store = new ShardedStore(4);
+    const big = (i: number): Buffer => Buffer.alloc(300_000 + i, i % 251);
+    for (let i = 0; i < 60; i++) store.set(b(`big:${i}`), big(i));
+    store.set(b('huge'), Buffer.alloc(2_000_000, 7)); // bigger than the budget on its own
+    const dumps = new RangeDumps(store);
+    const whole = [{ start: 0, end: 0 }];
+    const budget = 1_000_000;
+    const batches: Batch[] = [];
+    let batch = copy(dumps.next('bytes', 1000, whole, Date.now(), budget))!;
+    for (batches.push(batch); !batch.done; batches.push(batch)) batch = copy(dumps.next('bytes', 1000, undefined, Date.now(), budget))!;
+    for (const x of batches) {
+      const bytes = x.keys.reduce((n, k, i) => n + k.length + x.values[i]!.length, 0);
+      const last = x.keys.length === 0 ? 0 : x.keys[x.keys.length - 1]!.length + x.values[x.values.length - 1]!.length;
+      // Under the budget before its last entry: at most one entry overshoots it.
+      expect(bytes - last, `batch of ${x.keys.length} keys, ${bytes} bytes`).toBeLessThan(budget);
+    }
+    expect(batches.filter((x) => x.keys.length > 0).length).toBeGreaterThan(15);
+    const { pairs } = collect(batches);
+    expect(pairs.size).toBe(61);
+    expect(pairs.get('huge')!.length).toBe(2_000_000);
+    expect(pairs.get('big:7')).toBe(big(7).toString('latin1'));
+  });
+
   it('new ranges under an existing token restart the dump', () => {
     const store = fillStore(2000);
     const dumps = new RangeDumps(store);
