@@ -23,6 +23,8 @@ import type { Reply } from '../common/protocol/reply.js';
 import type { Backend, BackendPool } from './backend.js';
 
 export const DEFAULT_BATCH_KEYS = 250;
+/** The most keys one RANGEDUMP call may ask for (docs/protocol.md). */
+const MAX_DUMP_KEYS = 100_000;
 
 export interface MigrationProgress {
   state: 'idle' | 'running' | 'failed' | 'done';
@@ -180,7 +182,7 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
   const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end), String(targets.indexOf(r.to))]);
   const token = `mig-${randomBytes(6).toString('hex')}`;
   // A batch is split between the targets: size it so that each IMPORT is about batchKeys.
-  const count = String(batchKeys * targets.length);
+  const count = String(Math.min(batchKeys * targets.length, MAX_DUMP_KEYS));
   let request: Promise<Reply> = source.call(['RANGEDUMP', token, count, ...rangeArgs]);
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
