@@ -133,28 +133,20 @@ export interface LaunchOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** A spawned program whose stdout and stderr are collected line by line. */
-export class Launched {
-  readonly stdout: string[] = [];
-  readonly stderr: string[] = [];
-  readonly proc: ChildProcess;
-  private status: ExitStatus | undefined;
+/**
+ * A spawned program whose exit is recorded, cleaned up by pid after the test, with waits that
+ * wake whenever it prints something (subclasses call notify()) or exits.
+ */
+abstract class WatchedChild {
+  protected status: ExitStatus | undefined;
   private readonly exited: Promise<ExitStatus>;
   private readonly waiters: (() => void)[] = [];
 
-  constructor(
-    readonly label: string,
-    command: string,
-    readonly args: readonly string[],
-    opts: LaunchOptions,
-  ) {
-    this.proc = spawn(command, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    trackChild(this.proc);
-    collectLines(this.proc.stdout!, this.stdout, () => this.notify());
-    collectLines(this.proc.stderr!, this.stderr, () => this.notify());
+  constructor(readonly proc: ChildProcess) {
+    trackChild(proc);
     this.exited = new Promise((resolve) => {
       // 'close' (not 'exit'): every line the program wrote has been read by then.
-      this.proc.once('close', (code, signal) => {
+      proc.once('close', (code, signal) => {
         this.status = { code, signal };
         resolve(this.status);
         this.notify();
@@ -166,12 +158,65 @@ export class Launched {
     return this.proc.pid!;
   }
 
-  get exitStatus(): ExitStatus | undefined {
-    return this.status;
+  /** Wake every wait: new output arrived. */
+  protected notify(): void {
+    for (const w of this.waiters.splice(0)) w();
   }
 
-  private notify(): void {
-    for (const w of this.waiters.splice(0)) w();
+  /**
+   * Check `find` now and after each output until it gives a value; fails with `failure`'s
+   * message if the program exits first ('exited') or the time runs out ('timeout').
+   */
+  protected async waitUntil<T>(find: () => T | undefined, timeoutMs: number, failure: (why: 'exited' | 'timeout') => string): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = find();
+      if (found !== undefined) return found;
+      if (this.status !== undefined) throw new Error(failure('exited'));
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(failure('timeout'));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** The exit status, waiting up to `timeoutMs` for it; fails with `message()` after that. */
+  protected async exitWithin(timeoutMs: number, message: () => string): Promise<ExitStatus> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(message())), timeoutMs);
+    });
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** A spawned program whose stdout and stderr are collected line by line. */
+export class Launched extends WatchedChild {
+  readonly stdout: string[] = [];
+  readonly stderr: string[] = [];
+
+  constructor(
+    readonly label: string,
+    command: string,
+    readonly args: readonly string[],
+    opts: LaunchOptions,
+  ) {
+    super(spawn(command, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] }));
+    collectLines(this.proc.stdout!, this.stdout, () => this.notify());
+    collectLines(this.proc.stderr!, this.stderr, () => this.notify());
+  }
+
+  get exitStatus(): ExitStatus | undefined {
+    return this.status;
   }
 
   signal(sig: NodeJS.Signals): void {
@@ -187,34 +232,21 @@ export class Launched {
    * Wait for a stdout line (at index `from` or later) matching `re`, or equal to it when it is a
    * string; fails early if the program exits first.
    */
-  async waitForLine(re: RegExp | string, timeoutMs: number, from = 0): Promise<{ line: string; index: number }> {
-    const deadline = Date.now() + timeoutMs;
+  waitForLine(re: RegExp | string, timeoutMs: number, from = 0): Promise<{ line: string; index: number }> {
     const matches = (line: string): boolean => (typeof re === 'string' ? line === re : re.test(line));
-    for (;;) {
+    const find = (): { line: string; index: number } | undefined => {
       for (let i = from; i < this.stdout.length; i++) if (matches(this.stdout[i]!)) return { line: this.stdout[i]!, index: i };
-      if (this.status !== undefined) throw new Error(`${this.label} exited (code ${this.status.code}, signal ${this.status.signal}) before printing ${re}\n${this.tail()}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${this.label}: no line matching ${re} within ${timeoutMs} ms\n${this.tail()}`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
+      return undefined;
+    };
+    return this.waitUntil(find, timeoutMs, (why) =>
+      why === 'exited'
+        ? `${this.label} exited (code ${this.status?.code}, signal ${this.status?.signal}) before printing ${re}\n${this.tail()}`
+        : `${this.label}: no line matching ${re} within ${timeoutMs} ms\n${this.tail()}`,
+    );
   }
 
-  async waitForExit(timeoutMs = 20_000): Promise<ExitStatus> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${this.label} pid ${this.pid} did not exit within ${timeoutMs} ms\n${this.tail()}`)), timeoutMs);
-    });
-    try {
-      return await Promise.race([this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+  waitForExit(timeoutMs = 20_000): Promise<ExitStatus> {
+    return this.exitWithin(timeoutMs, () => `${this.label} pid ${this.pid} did not exit within ${timeoutMs} ms\n${this.tail()}`);
   }
 
   tail(lines = 30): string {
@@ -416,20 +448,15 @@ function shellQuote(s: string): string {
  * A program run with a TTY: `script -qfec "<command>" /dev/null`. We write keystrokes to
  * script's stdin and read what the terminal shows from its stdout (escape sequences removed).
  */
-export class PtySession {
+export class PtySession extends WatchedChild {
   private raw = '';
-  private readonly proc: ChildProcess;
-  private readonly exited: Promise<ExitStatus>;
-  private status: ExitStatus | undefined;
-  private readonly waiters: (() => void)[] = [];
   /** Offset in screen() from which waitFor() looks; moved by mark(). */
   private from = 0;
 
   constructor(scriptPath: string, argv: readonly string[], opts: LaunchOptions) {
     // A fixed window size: with none, the pty reports 0 columns and line editing redraws oddly.
     const command = `stty cols 200 rows 50 2>/dev/null; exec ${argv.map(shellQuote).join(' ')}`;
-    this.proc = spawn(scriptPath, ['-qfec', command, '/dev/null'], { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    trackChild(this.proc);
+    super(spawn(scriptPath, ['-qfec', command, '/dev/null'], { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] }));
     this.proc.stdin!.on('error', () => {}); // the program may be gone when we type
     this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
       this.raw += d;
@@ -439,21 +466,6 @@ export class PtySession {
       this.raw += d;
       this.notify();
     });
-    this.exited = new Promise((resolve) => {
-      this.proc.once('close', (code, signal) => {
-        this.status = { code, signal };
-        resolve(this.status);
-        this.notify();
-      });
-    });
-  }
-
-  get pid(): number {
-    return this.proc.pid!;
-  }
-
-  private notify(): void {
-    for (const w of this.waiters.splice(0)) w();
   }
 
   /** What the terminal showed so far, without escape sequences and carriage returns. */
@@ -472,22 +484,14 @@ export class PtySession {
   }
 
   /** Wait until the output since the last mark() matches `re`; returns the match. */
-  async waitFor(re: RegExp, timeoutMs = 20_000): Promise<RegExpExecArray> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const m = re.exec(this.screen().slice(this.from));
-      if (m) return m;
-      if (this.status !== undefined) throw new Error(`the terminal program exited (code ${this.status.code}) before showing ${re}\n--- screen since mark:\n${this.screen().slice(this.from)}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`the terminal did not show ${re} within ${timeoutMs} ms\n--- screen since mark:\n${this.screen().slice(this.from)}`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
+  waitFor(re: RegExp, timeoutMs = 20_000): Promise<RegExpExecArray> {
+    return this.waitUntil(
+      () => re.exec(this.screen().slice(this.from)) ?? undefined,
+      timeoutMs,
+      (why) =>
+        (why === 'exited' ? `the terminal program exited (code ${this.status?.code}) before showing ${re}` : `the terminal did not show ${re} within ${timeoutMs} ms`) +
+        `\n--- screen since mark:\n${this.screen().slice(this.from)}`,
+    );
   }
 
   /** Type a line at the prompt and wait for the output up to the next prompt. */
@@ -499,16 +503,8 @@ export class PtySession {
     return m[1]!;
   }
 
-  async waitForExit(timeoutMs = 20_000): Promise<ExitStatus> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`the terminal program did not exit within ${timeoutMs} ms\n${this.screen()}`)), timeoutMs);
-    });
-    try {
-      return await Promise.race([this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+  waitForExit(timeoutMs = 20_000): Promise<ExitStatus> {
+    return this.exitWithin(timeoutMs, () => `the terminal program did not exit within ${timeoutMs} ms\n${this.screen()}`);
   }
 }
 
