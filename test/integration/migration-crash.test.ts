@@ -63,6 +63,23 @@ async function waitUntilCopying(port: number, node: string): Promise<MigrationSt
   }
 }
 
+/**
+ * Start `ADD target`, kill -9 `victim` (the target or a source) once keys are moving, and check
+ * that ADD answers "interrupted ... repeat the command" within 10 s of the kill. Returns the
+ * migration status seen just before the kill.
+ */
+async function addAndKillMidCopy(proxyPort: number, target: string, victim: ProcHandle, role: 'target' | 'source'): Promise<MigrationStatus> {
+  const add = await sendAndCatch(proxyPort, `ADD ${target}`, 30_000);
+  const atKill = await waitUntilCopying(proxyPort, target);
+  await crash(victim);
+  const killedAt = Date.now();
+  const reply = await add.reply;
+  const waited = Date.now() - killedAt;
+  expect(reply).toMatch(new RegExp(`^ERR ADD ${escape(target)} interrupted: .*repeat the command to finish the move$`));
+  expect(waited, `ADD answered ${waited} ms after the ${role} died`).toBeLessThan(10_000);
+  return atKill;
+}
+
 /** Poll NODES until the proxy has a connection to `server` again (after its restart). */
 async function waitUntilReachable(client: TextClient, server: ProcHandle): Promise<void> {
   await waitFor(`the proxy to reach ${nodeAddress(server)} again`, 20_000, async () => {
@@ -139,14 +156,7 @@ describe('kill -9 of a server during ADD', () => {
     const client = await TextClient.connect(proxy.port);
     // Writes keep flowing through the kill; the acknowledged ones must all survive.
     const stream = new SetStream(proxy.port, { prefix: 'during:', value: (i) => `d${i}`, window: 16 });
-    const add = await sendAndCatch(proxy.port, `ADD ${target}`, 30_000);
-    await waitUntilCopying(proxy.port, target);
-    await crash(s3);
-    const killedAt = Date.now();
-    const reply = await add.reply;
-    const waited = Date.now() - killedAt;
-    expect(reply).toMatch(new RegExp(`^ERR ADD ${escape(target)} interrupted: .*repeat the command to finish the move$`));
-    expect(waited, `ADD answered ${waited} ms after the target died`).toBeLessThan(10_000);
+    await addAndKillMidCopy(proxy.port, target, s3, 'target');
     const interrupted = await migration(client);
     expect(interrupted.state, interrupted.text).toBe('interrupted');
     // Writes go on while the target is down: those to keys it does not own are acknowledged.
@@ -193,15 +203,8 @@ describe('kill -9 of a server during ADD', () => {
     const [s1, , s3] = servers;
     const target = nodeAddress(s3);
     const client = await TextClient.connect(proxy.port);
-    const add = await sendAndCatch(proxy.port, `ADD ${target}`, 30_000);
-    const atKill = await waitUntilCopying(proxy.port, target);
-    expect(atKill.sources).toContain(nodeAddress(s1));
-    await crash(s1);
-    const killedAt = Date.now();
-    const reply = await add.reply;
-    const waited = Date.now() - killedAt;
-    expect(reply).toMatch(new RegExp(`^ERR ADD ${escape(target)} interrupted: .*repeat the command to finish the move$`));
-    expect(waited, `ADD answered ${waited} ms after the source died`).toBeLessThan(10_000);
+    const atKill = await addAndKillMidCopy(proxy.port, target, s1, 'source');
+    expect(atKill.sources, 'the killed server was a source of the move').toContain(nodeAddress(s1));
 
     await restart(s1);
     await waitUntilReachable(client, s1);
