@@ -244,7 +244,8 @@ export class Backend {
     this.connected = false;
     this.health = this.closed ? 'idle' : 'down';
     if (!this.lastError) this.lastError = 'connection closed';
-    if (wasUp) this.options.logger.warn({ node: this.address, reason: this.lastError }, 'lost connection to node');
+    // A connection we closed ourselves (close(): a migration's pool, a dropped node) is no loss.
+    if (wasUp && !this.closed) this.options.logger.warn({ node: this.address, reason: this.lastError }, 'lost connection to node');
     // Fail everything outstanding (sent or not): the caller decides whether to retry.
     this.out.take();
     const targets = this.targets;

@@ -218,6 +218,19 @@ describe('--log-level', () => {
     expect(proxy.stderr).toEqual([]);
   });
 
+  it('a move logs no warning: the migration closing its own node connections is no lost connection', async () => {
+    const first = await startServer({ dir: tempDir('node') });
+    const second = await startServer({ dir: tempDir('node') });
+    const { p: proxy, port } = await launchProxy([]);
+    const isBanner = (l: string): boolean => l === `--- KV Proxy/Gateway running on Port ${port} ---`;
+    expect(await ask(port, `ADD ${nodeAddress(first)}`)).toMatch(/^OK added /);
+    for (let i = 0; i < 200; i++) expect(await ask(port, `SET move:${i} v${i}`)).toBe('OK');
+    expect(await ask(port, `ADD ${nodeAddress(second)}`)).toMatch(/^OK added \S+ moved=[1-9]/);
+    await stop(proxy);
+    const warnings = logLines(proxy.stdout, isBanner).filter((l) => l.level >= 40 && !/^shutting down/.test(l.msg));
+    expect(warnings, 'warnings or errors logged by an ADD that moved keys').toEqual([]);
+  });
+
   it('warn: startup info lines are gone, the banner stays', async () => {
     const port = await freePort();
     const server = await launchServer(port, ['--log-level', 'warn']);
