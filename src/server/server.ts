@@ -3,7 +3,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { ShardedStore } from './store.js';
 import { DurableStore } from './durable-store.js';
-import { estimateRecords, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
+import { estimateLog, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
@@ -122,6 +122,7 @@ export class ServerState implements OutputGate {
           aof_enabled: 1,
           wal_file: wal.file,
           wal_size_bytes: wal.size,
+          wal_preallocated_bytes: wal.allocated - wal.size,
           fsync_policy: wal.policy,
           wal_fsyncs: wal.fsyncs,
           wal_last_fsync_unix_ms: wal.lastFsyncAt,
@@ -187,9 +188,10 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     // The log's size bounds what the replay will hold: size the arenas and the indexes once
     // (the record count estimated from the log's first MiB), trim afterwards.
     if (fs.existsSync(walFile)) {
-      data.store.reserve(fs.statSync(walFile).size);
+      const estimate = estimateLog(walFile);
+      data.store.reserve(estimate.bytes);
       // Capped: a misleading first MiB must not make a huge index; beyond this it grows as usual.
-      data.store.expectEntries(Math.min(estimateRecords(walFile), MAX_PRESIZED_KEYS));
+      data.store.expectEntries(Math.min(estimate.records, MAX_PRESIZED_KEYS));
     }
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',

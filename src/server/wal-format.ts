@@ -1,9 +1,12 @@
 // The on-disk format of the write-ahead log. Pure: bytes in, records out (docs/durability.md).
 //
-//   file   := MAGIC record*
+//   file   := MAGIC record* zero*
 //   record := crc32:u32le  type:u8  keyLen:u32le  valueLen:u32le  key  value
 //
 // crc32 (zlib.crc32) covers everything after the crc field. Keys and values are raw bytes.
+// The zeros at the end are space written ahead of the log (preallocated, so that a group's
+// fdatasync overwrites blocks instead of growing the file). No record has type 0, so the log
+// ends at the first header of zero bytes, and everything after it must be zeros too.
 // Every group commit ends with a COMMIT record. Records after the last COMMIT belong to a
 // group whose fsync never finished, so replay drops them: that is how a torn tail is told
 // apart from corruption in the middle (a damaged group followed by a complete later group can
@@ -126,6 +129,27 @@ export function parseRecord(buf: Buffer, at: number, end: number, out: ParsedRec
   out.valueLen = valueLen;
   out.size = size;
   return Parse.Ok;
+}
+
+const ZERO_PAGE = Buffer.alloc(4096);
+
+/** True when buf[start, end) is all zero bytes. */
+export function isAllZero(buf: Buffer, start: number, end: number): boolean {
+  for (let at = start; at < end; at += ZERO_PAGE.length) {
+    const n = Math.min(ZERO_PAGE.length, end - at);
+    if (buf.compare(ZERO_PAGE, 0, n, at, at + n) !== 0) return false;
+  }
+  return true;
+}
+
+/** The offset of the first non-zero byte in buf[at, end), or end (a page at a time through zeros). */
+export function skipZeros(buf: Buffer, at: number, end: number): number {
+  while (at < end && buf[at] === 0) {
+    const page = ZERO_PAGE.length;
+    if (at % page === 0 && at + page <= end && buf.compare(ZERO_PAGE, 0, page, at, at + page) === 0) at += page;
+    else at++;
+  }
+  return at;
 }
 
 /**

@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fsyncDirectory } from '../common/durable-file.js';
-import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, parseRecord, sampleRecords, type ParsedRecord } from './wal-format.js';
+import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, isAllZero, parseRecord, sampleRecords, skipZeros, type ParsedRecord } from './wal-format.js';
 
 export type FsyncPolicy = 'always' | 'everysec' | 'no';
 export const FSYNC_POLICIES: readonly FsyncPolicy[] = ['always', 'everysec', 'no'];
@@ -37,6 +37,7 @@ export interface ReplayStats {
   bytes: number;
   /** Set when a torn or garbage tail was cut off. */
   truncatedFrom?: number;
+  /** Bytes of that tail, up to its last non-zero byte (zeros written ahead are not counted). */
   droppedBytes: number;
   /** Records of an unfinished group, dropped with the tail. */
   droppedRecords: number;
@@ -100,26 +101,43 @@ interface ScanResult {
 }
 
 /**
- * About how many data records the log holds, from the first MiB of it: enough to size the
- * store's indexes before a replay. 0 when the log is empty or unreadable.
+ * How much the log holds, without reading it all: its bytes up to the zeros written ahead
+ * (read backwards from the end), and about how many data records, from its first MiB. Enough
+ * to size the store before a replay. Zeros when the log is empty or unreadable.
  */
-export function estimateRecords(file: string): number {
+export function estimateLog(file: string): { bytes: number; records: number } {
   let fd: number;
   try {
     fd = fs.openSync(file, 'r');
   } catch {
-    return 0;
+    return { bytes: 0, records: 0 };
   }
   try {
-    const size = fs.fstatSync(fd).size;
-    if (size <= MAGIC.length) return 0;
-    const head = Buffer.allocUnsafe(Math.min(1024 * 1024, size - MAGIC.length));
+    const bytes = dataEndFromTail(fd, fs.fstatSync(fd).size);
+    if (bytes <= MAGIC.length) return { bytes, records: 0 };
+    const head = Buffer.allocUnsafe(Math.min(1024 * 1024, bytes - MAGIC.length));
     const got = fs.readSync(fd, head, 0, head.length, MAGIC.length);
-    const { records, bytes } = sampleRecords(head.subarray(0, got));
-    return bytes === 0 ? 0 : Math.ceil(((size - MAGIC.length) * records) / bytes);
+    const sample = sampleRecords(head.subarray(0, got));
+    return { bytes, records: sample.bytes === 0 ? 0 : Math.ceil(((bytes - MAGIC.length) * sample.records) / sample.bytes) };
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** The offset just past the file's last non-zero byte, reading backwards a MiB at a time. */
+function dataEndFromTail(fd: number, fileSize: number): number {
+  const chunk = Buffer.allocUnsafe(Math.min(1024 * 1024, fileSize));
+  for (let end = fileSize; end > 0; ) {
+    const start = Math.max(0, end - chunk.length);
+    const got = fs.readSync(fd, chunk, 0, end - start, start);
+    if (!isAllZero(chunk, 0, got)) {
+      let last = got - 1;
+      while (chunk[last] === 0) last--;
+      return start + last + 1;
+    }
+    end = start;
+  }
+  return 0;
 }
 
 /**
@@ -199,11 +217,12 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
         pos = 0;
         continue;
       }
-      if (status === Parse.Short && pos === bufLen) {
-        // Clean end of file.
+      if (isAllZero(buf, pos, Math.min(bufLen, pos + RECORD_HEADER)) && dataEnd(fd, fileOffset, fileSize) === fileOffset) {
+        // Clean end of the log: the end of the file, or the zeros written ahead of the log.
         stats.droppedRecords = pending;
+        stats.bytes = fileOffset;
         const result: ScanResult = { stats, goodEnd };
-        if (goodEnd < fileSize) {
+        if (goodEnd < fileOffset) {
           result.badAt = goodEnd;
           result.badReason = 'unfinished group at end of log';
         }
@@ -222,6 +241,26 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * The offset just past the last non-zero byte of the file in [from, to), or `from` when that
+ * range is all zeros (the space written ahead of the log).
+ */
+export function dataEnd(fd: number, from: number, to: number): number {
+  let end = from;
+  const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(0, to - from)));
+  for (let at = from; at < to; ) {
+    const got = fs.readSync(fd, chunk, 0, Math.min(chunk.length, to - at), at);
+    if (got === 0) break;
+    if (!isAllZero(chunk, 0, got)) {
+      let last = got - 1;
+      while (chunk[last] === 0) last--;
+      end = at + last + 1;
+    }
+    at += got;
+  }
+  return end;
 }
 
 function describeBad(buf: Buffer, at: number, end: number): string {
@@ -257,7 +296,9 @@ export function countRecordsAfterDamage(rest: Buffer): { records: number; commit
   let maxCommits = 0;
   while (at + RECORD_HEADER <= rest.length) {
     if (parseRecord(rest, at, rest.length, rec) !== Parse.Ok) {
-      at++;
+      // No record's type byte (at +4) is zero: through zeros (written ahead of the log), the
+      // next candidate is at most 4 bytes before the next non-zero byte.
+      at = Math.max(at + 1, skipZeros(rest, at, rest.length) - 4);
       continue;
     }
     let commits = 0;
@@ -285,7 +326,17 @@ export interface OpenOptions {
    * to the libuv pool instead; tests use it to hold an fsync open and watch what waits for it.
    */
   syncWrites?: boolean;
+  /**
+   * Write zeros ahead of the log's end, in steps from `min` to `max` bytes (a quarter of the
+   * log's size, within those bounds), so that group fsyncs overwrite allocated blocks instead
+   * of growing the file: on ext4 that skips a journal commit per fsync. False turns it off.
+   */
+  preallocate?: { min: number; max: number } | false;
 }
+
+export const DEFAULT_PREALLOCATE = { min: 1024 * 1024, max: 64 * 1024 * 1024 };
+/** Zeros written ahead of the log, a piece at a time. */
+const ZEROS = Buffer.alloc(1024 * 1024);
 
 export class WriteAheadLog {
   /** Group being filled, and the one spare for double buffering while a write is in flight. */
@@ -308,6 +359,19 @@ export class WriteAheadLog {
   private idleWaiters: (() => void)[] = [];
   /** Bytes of the file that hold complete, written groups. */
   size: number;
+  /** Bytes of the file known to exist: past `size` they are zeros written ahead (preallocated). */
+  allocated: number;
+  /** The range being filled with zeros, if any: no group may be written into it meanwhile. */
+  private zeroing: { from: number; to: number } | undefined;
+  /** A group is waiting for the zeroing to finish (it would have overlapped the range). */
+  private blockedByZeroing = false;
+  private zeroingWaiters: (() => void)[] = [];
+  /** Bumped whenever the file is cut back or replaced, which voids a zeroing in flight. */
+  private fileGeneration = 0;
+  private preallocRetryAt = 0;
+  /** Steps of zeros written ahead, and groups that had to wait for one. */
+  preallocations = 0;
+  groupsHeldForZeros = 0;
   /** The online rewrite in progress, if any (see rewrite()). */
   private rewriting: RewriteState | undefined;
   /** While set, no new group is written: the rewrite is swapping files. */
@@ -328,8 +392,11 @@ export class WriteAheadLog {
     private readonly events: WalEvents,
     /** Write and sync groups synchronously (policy `always` only). */
     private readonly syncWrites: boolean,
+    allocated: number,
+    private readonly prealloc: { min: number; max: number } | false,
   ) {
     this.size = size;
+    this.allocated = Math.max(size, allocated);
     if (policy === 'everysec') {
       this.syncTimer = setInterval(() => this.backgroundSync(), 1000);
       this.syncTimer.unref();
@@ -360,14 +427,18 @@ export class WriteAheadLog {
           }
           const fileSize = fs.fstatSync(fd).size;
           stats.truncatedFrom = size;
-          stats.droppedBytes = fileSize - size;
+          stats.droppedBytes = dataEnd(fd, size, fileSize) - size; // not counting zeros written ahead
           fs.ftruncateSync(fd, size);
           fs.fdatasyncSync(fd);
           options.onTruncated?.(stats);
         }
       }
       const policy = options.fsync ?? 'always';
-      return { wal: new WriteAheadLog(file, fd, size, policy, options.events, policy === 'always' && options.syncWrites !== false), stats };
+      const syncWrites = policy === 'always' && options.syncWrites !== false;
+      const allocated = fs.fstatSync(fd).size;
+      const wal = new WriteAheadLog(file, fd, size, policy, options.events, syncWrites, allocated, options.preallocate ?? DEFAULT_PREALLOCATE);
+      wal.preallocate();
+      return { wal, stats };
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -419,6 +490,17 @@ export class WriteAheadLog {
       this.notifyIdle();
       return;
     }
+    if (this.zeroing !== undefined) {
+      // Never write a group where zeros are about to land: wait for them (only when the log
+      // has outrun the space written ahead of it).
+      const base = this.resetPending ? MAGIC.length : this.size;
+      const end = base + this.batch.length + RECORD_HEADER;
+      if (base < this.zeroing.to && end > this.zeroing.from) {
+        if (!this.blockedByZeroing) this.groupsHeldForZeros++;
+        this.blockedByZeroing = true;
+        return;
+      }
+    }
     // Everything in the rewrite's tail so far belongs to this group or earlier ones.
     if (this.rewriting !== undefined) this.rewriting.tailMark = this.rewriting.tail.length;
     const writing = this.batch;
@@ -450,6 +532,7 @@ export class WriteAheadLog {
         this.settledEpoch = epoch;
         this.lastError = undefined;
         this.events.durable(epoch);
+        this.preallocate();
       }
       if (this.batch.records > 0 || this.resetPending) this.flush();
       else this.notifyIdle();
@@ -499,8 +582,10 @@ export class WriteAheadLog {
     }
     if (reset) {
       this.size = MAGIC.length;
+      this.cutBack();
       fs.ftruncate(this.fd, MAGIC.length, afterTruncate);
     } else if (start >= 0) {
+      this.cutBack();
       fs.ftruncate(this.fd, start, afterTruncate);
     } else {
       afterTruncate(null);
@@ -524,6 +609,7 @@ export class WriteAheadLog {
     // off now, before anyone is told it failed, so a restart cannot bring it back. If even that
     // fails, the next group truncates first, and close() tries again.
     this.needsTruncate = true;
+    this.cutBack();
     try {
       fs.ftruncateSync(this.fd, this.size);
       this.needsTruncate = false;
@@ -610,6 +696,7 @@ export class WriteAheadLog {
         fs.closeSync(this.fd);
         this.fd = fresh;
         this.size = pos;
+        this.cutBack();
         this.needsTruncate = false;
         this.rewriting = undefined;
       } finally {
@@ -638,10 +725,64 @@ export class WriteAheadLog {
   }
 
   /** Resolves once no group is being written; no new one starts until resume(). */
-  private pause(): Promise<void> {
+  private async pause(): Promise<void> {
     this.paused = true;
-    if (!this.flushing) return Promise.resolve();
+    // The swap closes the file descriptor: no write of zeros may still be queued on it.
+    await this.zeroingDone();
+    if (!this.flushing) return;
     return new Promise((resolve) => this.pauseWaiters.push(resolve));
+  }
+
+  /**
+   * Write zeros ahead of the log when less than half a step is left, in the libuv pool, so
+   * that later groups overwrite blocks that are already allocated: their fdatasync then has
+   * no file size or block allocation to journal (docs/durability.md). Best effort: a failure
+   * (ENOSPC) only means groups grow the file again for a while.
+   */
+  preallocate(): void {
+    const limits = this.prealloc;
+    if (limits === false || this.zeroing !== undefined || this.closed || this.paused) return;
+    const step = Math.min(limits.max, Math.max(limits.min, Math.ceil(this.size / 4 / limits.min) * limits.min));
+    if (this.allocated - this.size >= step / 2 || Date.now() < this.preallocRetryAt) return;
+    // When nothing is left ahead (a fresh or cut-back log, or one that outran the zeros), start
+    // a little further on, so the next groups need not wait for the zeros: they fill the gap.
+    const from = Math.max(this.allocated, this.size + step / 4);
+    const to = from + step;
+    const fd = this.fd;
+    const generation = this.fileGeneration;
+    this.zeroing = { from, to };
+    const done = (err: Error | null): void => {
+      this.zeroing = undefined;
+      if (err) this.preallocRetryAt = Date.now() + 1000;
+      else if (generation === this.fileGeneration) {
+        this.allocated = Math.max(this.allocated, to);
+        this.preallocations++;
+      }
+      const waiters = this.zeroingWaiters;
+      this.zeroingWaiters = [];
+      for (const w of waiters) w();
+      if (this.blockedByZeroing) {
+        this.blockedByZeroing = false;
+        this.flush();
+      }
+    };
+    const write = (at: number): void => {
+      if (at >= to) return fs.fdatasync(fd, done);
+      fs.write(fd, ZEROS, 0, Math.min(ZEROS.length, to - at), at, (err, n) => (err ? done(err) : write(at + n)));
+    };
+    write(from);
+  }
+
+  /** Resolves once no zeros are being written ahead of the log. */
+  zeroingDone(): Promise<void> {
+    if (this.zeroing === undefined) return Promise.resolve();
+    return new Promise((resolve) => this.zeroingWaiters.push(resolve));
+  }
+
+  /** The file is being cut back to `size` (or replaced): what was written ahead is gone. */
+  private cutBack(): void {
+    this.fileGeneration++;
+    this.allocated = this.size;
   }
 
   private resume(): void {
@@ -682,6 +823,7 @@ export class WriteAheadLog {
     this.abortRewrite('closing');
     await this.drain();
     this.closed = true;
+    await this.zeroingDone();
     if (this.syncTimer) clearInterval(this.syncTimer);
     try {
       if (this.needsTruncate) fs.ftruncateSync(this.fd, this.size);

@@ -484,6 +484,13 @@ export async function wrongValues(client: TextClient, expected: ReadonlyMap<stri
 /** The server's write-ahead log file. */
 export const walPath = (server: ProcHandle): string => path.join(server.dir, `wal_${server.port}.log`);
 
+/** Bytes of the server's log (INFO's wal_size_bytes): the file also holds zeros written ahead of it. */
+export async function walBytes(port: number): Promise<number> {
+  const m = /^wal_size_bytes:(\d+)$/m.exec(await ask(port, 'INFO persistence'));
+  if (m === null) throw new Error(`INFO persistence on port ${port} has no wal_size_bytes`);
+  return Number(m[1]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // kv-client and other programs
 

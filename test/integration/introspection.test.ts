@@ -110,8 +110,13 @@ describe('INFO on a server', () => {
     expect(keys).toBe(await dbsize(s.port));
     expect(keys).toBeGreaterThan(0);
 
-    // The WAL: its size as on disk (every acknowledged write is fsynced), a recent fsync, the policy.
-    expect(expectWholeNumber(i, 'wal_size_bytes')).toBe(fs.statSync(walPath(s)).size);
+    // The WAL: its size as on disk (every acknowledged write is fsynced) and the zeros written
+    // ahead of it, a recent fsync, the policy.
+    const walBytes = expectWholeNumber(i, 'wal_size_bytes');
+    const ahead = expectWholeNumber(i, 'wal_preallocated_bytes');
+    const onDisk = fs.readFileSync(walPath(s));
+    expect(walBytes + ahead).toBeLessThanOrEqual(onDisk.length);
+    expect(onDisk.subarray(walBytes).every((byte) => byte === 0), 'past the log: only zeros').toBe(true);
     const lastFsync = expectWholeNumber(i, 'wal_last_fsync_unix_ms');
     expect(lastFsync).toBeGreaterThanOrEqual(startedAt - 1000);
     expect(lastFsync).toBeLessThanOrEqual(Date.now() + 1000);

@@ -1,9 +1,8 @@
 // ADD and REMOVE with data in the cluster: every key stays readable, nothing is duplicated or
 // lost, the new node takes a fair share, and a removed node is emptied (RESET truncates its WAL).
-import fs from 'node:fs';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { HOST, cleanup, dbsize, freePort, nodeAddress, startCluster, TextClient, walPath, wrongValues, type ProcHandle } from './harness.js';
+import { HOST, cleanup, dbsize, freePort, nodeAddress, startCluster, TextClient, walBytes, wrongValues, type ProcHandle } from './harness.js';
 
 afterEach(cleanup);
 
@@ -11,7 +10,6 @@ const KEYS = 5000;
 const keys = Array.from({ length: KEYS }, (_, i) => `key:${i}`);
 const valueOf = (i: number): string => `value-${i}-${'x'.repeat(i % 13)}`;
 
-const walSize = (s: ProcHandle): number => fs.statSync(walPath(s)).size;
 
 /** NODES as {address -> keys}. */
 async function nodeKeys(admin: TextClient): Promise<Map<string, number>> {
@@ -62,7 +60,7 @@ describe('rebalancing', () => {
     expect(Number(m![2]), 'moved= reports the keys now on the new node').toBe(share);
 
     // REMOVE the first node.
-    const walBefore = walSize(s1);
+    const walBefore = await walBytes(s1.port);
     const s1Keys = direct[0]!;
     expect(s1Keys).toBeGreaterThan(0);
     const removed = await client.send(`REMOVE ${nodeAddress(s1)}`);
@@ -70,7 +68,7 @@ describe('rebalancing', () => {
     await expectAllKeys(client);
     expect(await client.send('DBSIZE')).toBe(String(KEYS));
     expect(await dbsize(s1.port), 'the removed server is empty').toBe(0);
-    const walAfter = walSize(s1);
+    const walAfter = await walBytes(s1.port);
     expect(walAfter, `wal of the removed node: ${walBefore} bytes before REMOVE, ${walAfter} after`).toBeLessThan(walBefore);
     expect([...(await nodeKeys(client)).keys()].sort()).toEqual([nodeAddress(s2), nodeAddress(s3)].sort());
     expect((await dbsize(s2.port)) + (await dbsize(s3.port))).toBe(KEYS);

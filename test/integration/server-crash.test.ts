@@ -2,7 +2,7 @@
 // torn tail left by an interrupted append is cut back at boot instead of stopping the server.
 import fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanup, crash, dbsize, restart, SetStream, startServer, tempDir, TextClient, waitFor, walPath, wrongValues } from './harness.js';
+import { cleanup, crash, dbsize, restart, SetStream, startServer, tempDir, TextClient, waitFor, walBytes, walPath, wrongValues } from './harness.js';
 
 afterEach(cleanup);
 
@@ -51,14 +51,20 @@ describe('kv-server crash', () => {
     const client = await TextClient.connect(server.port);
     const acks = await client.pipeline([...expected].map(([k, v]) => `SET ${k} ${v}`));
     expect(acks.filter((r) => r !== 'OK')).toEqual([]);
+    const goodSize = await walBytes(server.port);
     await crash(server);
 
-    const goodSize = fs.statSync(walPath(server)).size;
-    fs.appendFileSync(walPath(server), garbage);
-    expect(fs.statSync(walPath(server)).size).toBe(goodSize + garbage.length);
+    // The torn append lands where the next group would have gone: on the zeros written ahead
+    // of the log, or past the end of the file.
+    const file = walPath(server);
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, garbage, 0, garbage.length, goodSize);
+    fs.closeSync(fd);
 
     const again = await restart(server);
-    expect(fs.statSync(walPath(again)).size, 'the WAL is cut back to its last complete group').toBe(goodSize);
+    expect(await walBytes(again.port), 'the WAL is cut back to its last complete group').toBe(goodSize);
+    const onDisk = fs.readFileSync(walPath(again));
+    expect(onDisk.subarray(goodSize).every((byte) => byte === 0), 'nothing of the torn tail is left').toBe(true);
     expect(await mismatches(again.port, expected)).toEqual([]);
 
     // New appends go after the cut: they survive another crash along with the old data.

@@ -13,7 +13,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { HOST, TextClient, freePort, waitFor } from './harness.js';
-import { Parse, RecordType, parseRecord, type ParsedRecord } from '../../src/server/wal-format.js';
+import { Parse, RECORD_HEADER, RecordType, isAllZero, parseRecord, type ParsedRecord } from '../../src/server/wal-format.js';
 import { startServer as startInProcess, type ServerHandle, type ServerOptions } from '../../src/server/server.js';
 import { seededRandom } from '../support/seeded-random.js';
 export { seededRandom };
@@ -195,6 +195,8 @@ export function walRecords(file: string): WalRecordAt[] {
   const rec: ParsedRecord = { type: RecordType.Commit, keyStart: 0, keyLen: 0, valueStart: 0, valueLen: 0, size: 0 };
   let at = 8; // MAGIC
   while (at < buf.length) {
+    // The zeros written ahead of the log.
+    if (isAllZero(buf, at, Math.min(buf.length, at + RECORD_HEADER)) && isAllZero(buf, at, buf.length)) break;
     const status = parseRecord(buf, at, buf.length, rec);
     if (status !== Parse.Ok) throw new Error(`${file}: no valid record at offset ${at} (${Parse[status]})`);
     out.push({

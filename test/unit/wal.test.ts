@@ -3,8 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, encodeRecord, parseRecord, type ParsedRecord } from '../../src/server/wal-format.js';
-import { WalCorruptionError, WriteAheadLog, estimateRecords, scanLog, type ReplayStats, type WalEvents } from '../../src/server/wal.js';
+import { MAGIC, MAX_FIELD, Parse, RECORD_HEADER, RecordBatch, RecordType, encodeRecord, isAllZero, parseRecord, skipZeros, type ParsedRecord } from '../../src/server/wal-format.js';
+import { WalCorruptionError, WriteAheadLog, estimateLog, scanLog, type ReplayStats, type WalEvents } from '../../src/server/wal.js';
 import { repairLog } from '../../src/server/wal-repair.js';
 import { DurableStore } from '../../src/server/durable-store.js';
 import { ShardedStore } from '../../src/server/store.js';
@@ -37,11 +37,16 @@ interface Opened {
   truncations: ReplayStats[];
 }
 
-function open(events: WalEvents = NO_EVENTS): Opened {
+/**
+ * Open (and replay) the log. Nothing is written ahead of it unless `preallocate` says so, so
+ * that most tests can read the file's layout byte for byte.
+ */
+function open(events: WalEvents = NO_EVENTS, preallocate: { min: number; max: number } | false = false): Opened {
   const records: Rec[] = [];
   const truncations: ReplayStats[] = [];
   const { wal, stats } = WriteAheadLog.open(file, {
     events,
+    preallocate,
     // The callback gets views into the read buffer: copy them out (as latin1 strings).
     apply: (type, key, value) => records.push([type, key.toString('latin1'), value.toString('latin1')]),
     onTruncated: (s) => truncations.push({ ...s }),
@@ -53,6 +58,13 @@ function open(events: WalEvents = NO_EVENTS): Opened {
 async function close(wal: WriteAheadLog): Promise<void> {
   opened.splice(opened.indexOf(wal), 1);
   await wal.close();
+}
+
+/** Bytes up to the last non-zero one: what a replay counts as a dropped tail. */
+function nonZeroLength(bytes: Buffer): number {
+  let n = bytes.length;
+  while (n > 0 && bytes[n - 1] === 0) n--;
+  return n;
 }
 
 function recordSize([, key, value]: Rec): number {
@@ -157,6 +169,19 @@ describe('wal-format', () => {
     expect(parseRecord(huge, 0, huge.length, out)).toBe(Parse.Bad);
   });
 
+  it('skipZeros finds the first non-zero byte, across whole pages of zeros', () => {
+    const buf = Buffer.alloc(3 * 4096 + 100);
+    expect(skipZeros(buf, 0, buf.length)).toBe(buf.length);
+    for (const at of [0, 5, 4095, 4096, 4097, 8191, 3 * 4096 + 99]) {
+      buf.fill(0);
+      buf[at] = 1;
+      expect(skipZeros(buf, 0, buf.length), `non-zero at ${at}`).toBe(at);
+      expect(skipZeros(buf, 3, buf.length), `from 3, non-zero at ${at}`).toBe(Math.max(at, 3) === at ? at : buf.length);
+      expect(isAllZero(buf, 0, buf.length)).toBe(false);
+      expect(isAllZero(buf, at + 1, buf.length)).toBe(true);
+    }
+  });
+
   it('RecordBatch grows past its initial buffer and resets', () => {
     const batch = new RecordBatch();
     const value = 'x'.repeat(50_000);
@@ -170,8 +195,8 @@ describe('wal-format', () => {
     expect(batch.bytes().length).toBe(0);
   });
 });
-describe('estimateRecords', () => {
-  it('estimates the data records of a log from its first MiB (COMMITs not counted)', () => {
+describe('estimateLog', () => {
+  it('estimates the data records of a log from its first MiB (COMMITs not counted), and its bytes before the zeros written ahead', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kv-estimate-'));
     const file = path.join(dir, 'wal_1.log');
     const batch = new RecordBatch();
@@ -184,15 +209,20 @@ describe('estimateRecords', () => {
         batch.reset();
       }
     }
-    fs.writeFileSync(file, Buffer.concat(chunks));
-    const estimate = estimateRecords(file);
-    expect(estimate).toBeGreaterThan(30_000 * 0.9);
-    expect(estimate).toBeLessThan(30_000 * 1.1);
+    const log = Buffer.concat(chunks);
+    // Zeros written ahead of the log (3 MiB: more than one backwards read) count for nothing.
+    fs.writeFileSync(file, Buffer.concat([log, Buffer.alloc(3 * 1024 * 1024)]));
+    const estimate = estimateLog(file);
+    // The log ends in a COMMIT, whose lengths are zero bytes: those cannot be told from the zeros.
+    expect(estimate.bytes).toBeLessThanOrEqual(log.length);
+    expect(estimate.bytes).toBeGreaterThan(log.length - RECORD_HEADER);
+    expect(estimate.records).toBeGreaterThan(30_000 * 0.9);
+    expect(estimate.records).toBeLessThan(30_000 * 1.1);
     fs.writeFileSync(file, MAGIC);
-    expect(estimateRecords(file)).toBe(0);
-    expect(estimateRecords(path.join(dir, 'missing.log'))).toBe(0);
+    expect(estimateLog(file)).toEqual({ bytes: MAGIC.length, records: 0 });
+    expect(estimateLog(path.join(dir, 'missing.log'))).toEqual({ bytes: 0, records: 0 });
     fs.writeFileSync(file, Buffer.concat([MAGIC, Buffer.alloc(100, 0xff)]));
-    expect(estimateRecords(file), 'garbage is no record').toBe(0);
+    expect(estimateLog(file).records, 'garbage is no record').toBe(0);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });
@@ -343,7 +373,7 @@ describe('WriteAheadLog: torn and garbage tails are cut back to the last complet
       expect(stats.records, where).toBe(G1.length + G2.length);
       expect(stats.groups, where).toBe(2);
       expect(stats.truncatedFrom, where).toBe(goodEnd);
-      expect(stats.droppedBytes, where).toBe(cut - goodEnd);
+      expect(stats.droppedBytes, where).toBe(nonZeroLength(full.subarray(goodEnd, cut)));
       expect(stats.droppedRecords, where).toBe(completeInTail);
       expect(truncations, where).toHaveLength(1);
       expect(truncations[0]!.truncatedFrom, where).toBe(goodEnd);
@@ -385,10 +415,22 @@ describe('WriteAheadLog: torn and garbage tails are cut back to the last complet
     expect(fs.readFileSync(file).equals(MAGIC)).toBe(true);
   });
 
+  for (const zeros of [1, RECORD_HEADER - 1, RECORD_HEADER, 4096, 100_000]) {
+    it(`${zeros} zero byte(s) after the last group are space written ahead, not a tail: kept`, async () => {
+      const layout = await writeLog([G1, G2]);
+      fs.appendFileSync(file, Buffer.alloc(zeros));
+      const { wal, stats, records, truncations } = open();
+      expect(records).toEqual([...G1, ...G2]);
+      expect(stats.truncatedFrom).toBeUndefined();
+      expect(truncations).toEqual([]);
+      expect(stats.bytes, 'the log ends where the zeros begin').toBe(layout.groupEnds[1]);
+      expect(wal.size).toBe(layout.groupEnds[1]);
+      expect(fs.statSync(file).size).toBe(layout.groupEnds[1]! + zeros);
+    });
+  }
+
   const garbage: { name: string; bytes: () => Buffer }[] = [
-    { name: 'one zero byte', bytes: () => Buffer.alloc(1) },
-    { name: 'a header of zeros', bytes: () => Buffer.alloc(RECORD_HEADER) },
-    { name: '4 KiB of zeros', bytes: () => Buffer.alloc(4096) },
+    { name: 'zeros, then a byte that is not zero', bytes: () => Buffer.concat([Buffer.alloc(5000), Buffer.from([7])]) },
     ...[1, 5, 12, 13, 14, 100, 777].map((n) => ({ name: `${n} random bytes`, bytes: () => seededBytes(n * 31, n) })),
     { name: 'a record claiming more bytes than follow', bytes: () => encodeRecord(RecordType.Set, 'k', 'x'.repeat(1000)).subarray(0, 40) },
     { name: 'complete records with no COMMIT (unfinished group)', bytes: () => Buffer.concat([encodeRecord(RecordType.Set, 'x', '1'), encodeRecord(RecordType.Delete, 'y')]) },
@@ -434,6 +476,92 @@ describe('WriteAheadLog: torn and garbage tails are cut back to the last complet
     expect(second.records).toEqual([...G1, ...G2, ...G4, ...G5]);
     expect(second.truncations).toEqual([]);
     expect(second.stats.groups).toBe(4);
+  });
+});
+
+describe('WriteAheadLog: zeros written ahead (preallocation)', () => {
+  const STEP = { min: 64 * 1024, max: 256 * 1024 };
+
+  it('groups overwrite the zeros written ahead; a reopen keeps them and replays exactly', async () => {
+    const { wal } = open(NO_EVENTS, STEP);
+    await wal.zeroingDone();
+    expect(wal.preallocations).toBe(1);
+    expect(wal.allocated).toBe(fs.statSync(file).size);
+    expect(wal.allocated).toBeGreaterThan(wal.size);
+    const groups: Rec[][] = [];
+    for (let g = 0; g < 60; g++) groups.push(Array.from({ length: 30 }, (_, i): Rec => [RecordType.Set, `key:${g}:${i}`, seededBytes(g * 100 + i, 100).toString('latin1')]));
+    await appendGroups(wal, groups);
+    await wal.zeroingDone();
+    expect(wal.preallocations, 'the log grew past several steps').toBeGreaterThan(2);
+    const bytes = fs.readFileSync(file);
+    expect(bytes.length).toBe(wal.allocated);
+    expect(isAllZero(bytes, wal.size, bytes.length), 'past the log: zeros').toBe(true);
+    const size = wal.size;
+    await close(wal);
+
+    const again = open(NO_EVENTS, STEP);
+    expect(again.records).toEqual(groups.flat());
+    expect(again.truncations).toEqual([]);
+    expect(again.stats.bytes).toBe(size);
+    expect(again.wal.size).toBe(size);
+    expect(fs.statSync(file).size, 'nothing cut').toBe(bytes.length);
+  });
+
+  it('a group that would overlap zeros still being written waits for them, and is never overwritten', async () => {
+    // Hold every write of zeros for a few ms: without the wait, a group written meanwhile at the
+    // same offsets would be overwritten by them as they land.
+    const realWrite = fs.write;
+    const held = ((fd: number, buffer: Buffer, ...rest: unknown[]) => {
+      const call = (): unknown => (realWrite as (...a: unknown[]) => unknown)(fd, buffer, ...rest);
+      if (buffer.length >= 4096 && isAllZero(buffer, 0, 4096)) setTimeout(call, 3);
+      else call();
+    }) as typeof fs.write;
+    fs.write = held;
+    try {
+      const { wal } = open(NO_EVENTS, { min: 4096, max: 4096 });
+      const written: Rec[] = [];
+      for (let turn = 0; turn < 200; turn++) {
+        for (let i = 0; i < 1 + (turn % 5); i++) {
+          const rec: Rec = [RecordType.Set, `k${turn}.${i}`, seededBytes(turn * 10 + i, (turn * 37 + i * 101) % 1500).toString('latin1')];
+          wal.append(rec[0], b(rec[1]), b(rec[2]));
+          written.push(rec);
+        }
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      await wal.drain();
+      await wal.zeroingDone();
+      expect(wal.groupsHeldForZeros, 'the log outran the zeros').toBeGreaterThan(0);
+      await close(wal);
+      const again = open();
+      expect(again.truncations).toEqual([]);
+      expect(again.records.length).toBe(written.length);
+      expect(again.records).toEqual(written);
+    } finally {
+      fs.write = realWrite;
+    }
+  });
+
+  it('a torn group inside the zeros is cut back; the groups written after it replay', async () => {
+    const { wal } = open(NO_EVENTS, STEP);
+    await appendGroups(wal, [G1, G2]);
+    await wal.zeroingDone();
+    const good = wal.size;
+    await close(wal);
+    // A crash mid-append: part of the next group landed on the zeros.
+    const torn = encodeRecord(RecordType.Set, 'half', 'written').subarray(0, 15);
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, torn, 0, torn.length, good);
+    fs.closeSync(fd);
+
+    const after = open(NO_EVENTS, STEP);
+    expect(after.records).toEqual([...G1, ...G2]);
+    expect(after.stats.truncatedFrom).toBe(good);
+    expect(after.stats.droppedBytes).toBe(nonZeroLength(torn));
+    await appendGroups(after.wal, [G3]);
+    await close(after.wal);
+    const last = open();
+    expect(last.records).toEqual([...G1, ...G2, ...G3]);
+    expect(last.truncations).toEqual([]);
   });
 });
 
@@ -515,6 +643,17 @@ describe('WriteAheadLog: damage in the middle is corruption', () => {
       }
     }
     expect(missed).toEqual([]);
+  });
+
+  it('zeros where a group was (a write that never reached the disk), followed by complete groups, are corruption, not the end of the log', async () => {
+    const layout = await writeLog(groups);
+    const bytes = fs.readFileSync(file);
+    bytes.fill(0, layout.groupEnds[0], layout.groupEnds[1]);
+    fs.writeFileSync(file, bytes);
+    expectCorruptAt(layout.groupEnds[0]!);
+    // The same after a long run of zeros (skipped a page at a time when looking for later groups).
+    fs.writeFileSync(file, Buffer.concat([bytes.subarray(0, layout.groupEnds[0]), Buffer.alloc(100_000), bytes.subarray(layout.groupEnds[1]!)]));
+    expectCorruptAt(layout.groupEnds[0]!);
   });
 
   it('a file that is not a WAL is refused at offset 0', () => {
