@@ -7,6 +7,7 @@ import { estimateLog, WriteAheadLog, type FsyncPolicy, type ReplayStats } from '
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
+import { MemoryTrim } from './memory-trim.js';
 import type { ClientConnection, Executor, OutputGate } from '../common/net/client-connection.js';
 import { ClientListener } from '../common/net/client-listener.js';
 import { servesOn, renderInfo } from '../common/commands/introspection.js';
@@ -227,6 +228,10 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   fs.rmSync(`${walFile}.rewrite`, { force: true });
   log.info({ file: walFile, records: opened.stats.records, keys: data.store.size, ms: Math.round(opened.stats.millis) }, 'WAL replayed');
 
+  // Give back what bulk loads leave spare once they settle; the replay is the first of them.
+  const memoryTrim = new MemoryTrim(data.store, () => listener.totalCommands);
+  if (opened.stats.records > 0) memoryTrim.expectSettling();
+
   const executor = new ServerExecutor(state);
   listener.accept(maxClients, {
     limits,
@@ -248,6 +253,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
       closing ??= (async () => {
         // Phase 1: stop accepting. Phase 2: let pending groups reach the disk so every
         // reply already promised goes out. Phase 3: close clients and the log.
+        memoryTrim.stop();
         const stopped = listener.stop();
         await data.wal.drain();
         listener.closeClients();

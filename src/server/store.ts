@@ -71,6 +71,8 @@ class Shard {
   filled = 0;
   /** Bumped when entries move (compaction), so arena cursors know to restart. */
   generation = 0;
+  /** Bumped when the arena or the index is made bigger (see ShardedStore.growth). */
+  grown = 0;
   /** Arena offset -> epoch of the not-yet-durable group that wrote that entry. */
   readonly dirty = new Map<number, number>();
 
@@ -187,6 +189,7 @@ class Shard {
   }
 
   private rebuild(capacity: number): void {
+    if (capacity > this.slots.length) this.grown++;
     const oldSlots = this.slots;
     const oldHashes = this.hashes;
     this.slots = new Int32Array(capacity);
@@ -217,6 +220,7 @@ class Shard {
       const bigger = Buffer.allocUnsafe(cap);
       this.arena.copy(bigger, 0, 0, this.used);
       this.arena = bigger;
+      this.grown++;
     }
     const off = this.used;
     const arena = this.buf;
@@ -236,6 +240,7 @@ class Shard {
     const bigger = Buffer.allocUnsafe(this.used + bytes);
     this.arena.copy(bigger, 0, 0, this.used);
     this.arena = bigger;
+    this.grown++;
   }
 
   /** Give back the arena's spare room (after a bulk load such as a replay). */
@@ -637,10 +642,24 @@ export class ShardedStore {
 
   /** Release spare room once a bulk load is done: arenas (growth leaves up to half unused), indexes. */
   trim(): void {
-    for (const shard of this.shards) {
-      shard.trim();
-      shard.trimIndex();
-    }
+    for (let i = 0; i < this.shards.length; i++) this.trimShard(i);
+  }
+
+  /** trim() for one shard, so a caller can spread the copies over several event-loop turns. */
+  trimShard(i: number): void {
+    const shard = this.shards[i]!;
+    shard.trim();
+    shard.trimIndex();
+  }
+
+  /**
+   * Goes up each time an arena or an index is made bigger. A value that stopped moving means a
+   * bulk load has settled, and its spare room can be given back (see MemoryTrim).
+   */
+  get growth(): number {
+    let n = 0;
+    for (const s of this.shards) n += s.grown;
+    return n;
   }
 
   // --- walking the data ------------------------------------------------------------------
