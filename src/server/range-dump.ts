@@ -134,18 +134,28 @@ export class RangeDumps {
     const step = Math.max(1000, Math.min(SCAN_BUDGET, count * 4));
     let bytes = 0;
     const full = (): boolean => out.keys.length >= count || bytes >= maxBytes;
+    // `want` sees every entry (and counts it); `visit` only those in a moving range.
+    let label = -1;
+    const want = (hash: number): boolean => {
+      out.scanned++;
+      label = intervals.find(hash);
+      return label >= 0;
+    };
     while (!full() && out.scanned < SCAN_BUDGET) {
       const before = out.scanned;
-      const done = this.store.scan(dump.cursor, step, (hash, key, value) => {
-        out.scanned++;
-        const label = intervals.find(hash);
-        if (label < 0) return true;
-        out.keys.push(key);
-        out.values.push(value!);
-        out.labels.push(label);
-        bytes += key.length + value!.length;
-        return !full();
-      });
+      const done = this.store.scan(
+        dump.cursor,
+        step,
+        (_hash, key, value) => {
+          out.keys.push(key);
+          out.values.push(value!);
+          out.labels.push(label);
+          bytes += key.length + value!.length;
+          return !full();
+        },
+        false,
+        want,
+      );
       if (done) {
         out.done = true;
         this.dumps.delete(token);

@@ -673,9 +673,11 @@ export class ShardedStore {
    * calling `visit(hash, key, value)` with views (value null for a tombstone). Entries written
    * after the walk began may or may not be visited; an entry moved by compaction may be visited
    * twice (the walk restarts that shard). `visit` may return false to pause the walk after the
-   * current entry. Returns true when the walk is complete.
+   * current entry. `want`, if given, sees each entry's hash first: entries it refuses cost no
+   * views (a migration dump wants a quarter of the keys or less). Returns true when the walk is
+   * complete.
    */
-  scan(cursor: StoreCursor, budget: number, visit: (hash: number, key: Buffer, value: Buffer | null) => unknown, tombstones = false): boolean {
+  scan(cursor: StoreCursor, budget: number, visit: (hash: number, key: Buffer, value: Buffer | null) => unknown, tombstones = false, want?: (hash: number) => boolean): boolean {
     let seen = 0;
     while (cursor.shard < this.shards.length) {
       const shard = this.shards[cursor.shard]!;
@@ -690,12 +692,12 @@ export class ShardedStore {
         seen++;
         const flags = shard.flags(off);
         if ((flags & DEAD) !== 0) continue;
-        let more: unknown = true;
-        if ((flags & TOMB) !== 0) {
-          if (tombstones) more = visit(shard.u32(off), shard.key(off), null);
-        } else {
-          more = visit(shard.u32(off), shard.key(off), shard.value(off));
-        }
+        const isTomb = (flags & TOMB) !== 0;
+        if (isTomb && !tombstones) continue;
+        // Decide from the stored hash before making the key and value views.
+        const hash = shard.u32(off);
+        if (want !== undefined && !want(hash)) continue;
+        const more = visit(hash, shard.key(off), isTomb ? null : shard.value(off));
         if (more === false) return false; // the visitor has enough; resume after this entry
       }
       cursor.shard++;
