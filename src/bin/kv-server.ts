@@ -1,14 +1,14 @@
 // kv-server <port>: parse flags, start the server, print the banner, stop cleanly on signals.
 import { Command } from 'commander';
 import { startServer } from '../server/server.js';
-import { FSYNC_POLICIES, WalCorruptionError, type FsyncPolicy } from '../server/wal.js';
+import { DEFAULT_PREALLOCATE, FSYNC_POLICIES, WalCorruptionError, type FsyncPolicy } from '../server/wal.js';
 import { repairLog } from '../server/wal-repair.js';
 import { DEFAULT_COMPACTION } from '../server/compaction.js';
 import { InvalidArgumentError } from 'commander';
 import { createLogger } from '../common/logger.js';
 import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT } from '../common/limits.js';
 import { VERSION } from '../common/version.js';
-import { onShutdownSignal, parseSeconds, parseBytes, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
+import { onShutdownSignal, parseSeconds, parseBytes, parseBytesOrZero, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
 import path from 'node:path';
 
 function parseRatio(value: string): number {
@@ -34,6 +34,7 @@ const program = strict(new Command('kv-server'))
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
   .option('--compact-min <bytes>', 'never compact a WAL smaller than this', parseBytes, DEFAULT_COMPACTION.minBytes)
   .option('--compact-ratio <n>', 'compact when the WAL is this many times the live data', parseRatio, DEFAULT_COMPACTION.ratio)
+  .option('--wal-preallocate <bytes>', 'most zeros written ahead of the WAL at once, so fsyncs overwrite instead of growing the file (0: off)', parseBytesOrZero, DEFAULT_PREALLOCATE.max)
   .option('--repair', 'cut the WAL back at its first damaged record (keeping a .broken backup), then exit')
   .option('--log-level <level>', 'fatal | error | warn | info | debug | trace | silent', parseLogLevel, 'info')
   .parse();
@@ -53,6 +54,7 @@ const opts = program.opts<{
   maxArgs: number;
   compactMin: number;
   compactRatio: number;
+  walPreallocate: number;
   repair?: boolean;
   logLevel: string;
 }>();
@@ -80,6 +82,7 @@ try {
     maxOutputBytes: opts.maxOutput,
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
     compaction: { minBytes: opts.compactMin, ratio: opts.compactRatio },
+    walPreallocate: opts.walPreallocate,
     logger: log,
   });
   console.log(`--- Persistent Server Port ${server.port} (WAL: ${path.basename(server.walFile)}) ---`);

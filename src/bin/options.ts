@@ -44,6 +44,11 @@ export function parseBytes(value: string): number {
   return n;
 }
 
+/** A size as parseBytes reads it, or 0 (meaning "off"). */
+export function parseBytesOrZero(value: string): number {
+  return /^0+\s*(b|kb|k|mb|m|gb|g)?$/i.test(value.trim()) ? 0 : parseBytes(value);
+}
+
 /** Exit non-zero with commander's own error style for unknown flags and bad values. */
 export function strict(program: Command): Command {
   return program.showHelpAfterError('(run with --help for usage)').allowExcessArguments(false);

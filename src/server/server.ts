@@ -3,7 +3,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { ShardedStore } from './store.js';
 import { DurableStore } from './durable-store.js';
-import { estimateLog, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
+import { DEFAULT_PREALLOCATE, estimateLog, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
@@ -39,6 +39,8 @@ export interface ServerOptions {
   compaction?: CompactionPolicy;
   /** See OpenOptions.syncWrites (default true; tests set false to intercept fdatasync). */
   walSyncWrites?: boolean;
+  /** Most bytes of zeros written ahead of the WAL at once (0: none); default 64 MiB. */
+  walPreallocate?: number;
   logger?: Logger;
 }
 
@@ -123,7 +125,7 @@ export class ServerState implements OutputGate {
           aof_enabled: 1,
           wal_file: wal.file,
           wal_size_bytes: wal.size,
-          wal_preallocated_bytes: wal.allocated - wal.size,
+          wal_preallocated_bytes: wal.preallocatedBytes,
           fsync_policy: wal.policy,
           wal_fsyncs: wal.fsyncs,
           wal_last_fsync_unix_ms: wal.lastFsyncAt,
@@ -167,6 +169,11 @@ class ServerExecutor implements Executor {
   }
 }
 
+/** The WAL's preallocation steps for a `--wal-preallocate` size: 1 MiB (or less) up to it. */
+function preallocation(max = DEFAULT_PREALLOCATE.max): { min: number; max: number } | false {
+  return max <= 0 ? false : { min: Math.min(DEFAULT_PREALLOCATE.min, max), max };
+}
+
 export async function startServer(options: ServerOptions): Promise<ServerHandle> {
   const host = options.host ?? '127.0.0.1';
   const dir = path.resolve(options.dir ?? '.');
@@ -197,6 +204,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
       syncWrites: options.walSyncWrites ?? true,
+      preallocate: preallocation(options.walPreallocate),
       apply: (type, key, value) => data.replay(type, key, value),
       onTruncated: (stats) =>
         log.warn(

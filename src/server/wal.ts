@@ -773,6 +773,11 @@ export class WriteAheadLog {
     write(from);
   }
 
+  /** Bytes of zeros known to be written ahead of the log (0 once the log has outrun them). */
+  get preallocatedBytes(): number {
+    return Math.max(0, this.allocated - this.size);
+  }
+
   /** Resolves once no zeros are being written ahead of the log. */
   zeroingDone(): Promise<void> {
     if (this.zeroing === undefined) return Promise.resolve();
