@@ -243,13 +243,17 @@ class Shard {
     this.grown++;
   }
 
-  /** Give back the arena's spare room (after a bulk load such as a replay). */
+  /**
+   * Give back the arena's spare room (after a bulk load such as a replay), keeping an eighth
+   * as headroom: trimmed to the byte, the next write would grow it by half again at once, and a
+   * server taking a few writes a second would trim and regrow every shard over and over.
+   */
   trim(): void {
-    const spare = this.arena.length - this.used;
-    if (spare < 64 * 1024 || spare < this.arena.length / 8) return; // not worth a copy
-    const exact = Buffer.allocUnsafe(Math.max(this.used, 1024));
-    this.arena.copy(exact, 0, 0, this.used);
-    this.arena = exact;
+    const keep = this.used + Math.max(64 * 1024, Math.ceil(this.used / 8));
+    if (this.arena.length - keep < Math.max(64 * 1024, this.arena.length / 8)) return; // not worth a copy
+    const smaller = Buffer.allocUnsafe(keep);
+    this.arena.copy(smaller, 0, 0, this.used);
+    this.arena = smaller;
   }
 
   /**

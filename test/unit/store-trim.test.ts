@@ -37,15 +37,29 @@ describe('ShardedStore growth and trimShard', () => {
     expect(store.growth).toBe(grown); // shrinking is not growth
   });
 
-  it('trimShard gives back one shard’s spare room and keeps the data', () => {
+  it('trimShard gives back one shard’s spare room down to an eighth of headroom, and keeps the data', () => {
     const store = new ShardedStore(1);
     const { keys, used } = loadWithSpare(store);
     expect(store.arenaBytes).toBeGreaterThan(used * 1.25);
     store.trimShard(0);
-    expect(store.arenaBytes).toBe(used);
+    expect(store.arenaBytes).toBe(used + Math.max(64 * 1024, Math.ceil(used / 8)));
     expect(store.size).toBe(keys);
     expect(store.get(Buffer.from('key:0'))).toEqual(value);
     expect(store.get(Buffer.from(`key:${keys - 1}`))).toEqual(value);
+    // A second trim has nothing worth a copy to give back.
+    const trimmed = store.arenaBytes;
+    store.trimShard(0);
+    expect(store.arenaBytes).toBe(trimmed);
+  });
+
+  it('a trimmed shard takes a few more writes without growing again (no trim/regrow churn under light traffic)', () => {
+    const store = new ShardedStore(1);
+    const { keys, used } = loadWithSpare(store);
+    store.trimShard(0);
+    const growth = store.growth;
+    // 5% more data: within the headroom.
+    for (let i = 0; i < Math.ceil(keys * 0.05); i++) store.set(Buffer.from(`more:${i}`), value);
+    expect(store.growth, `after ${used} bytes, trimmed, then 5% more`).toBe(growth);
   });
 });
 
