@@ -39,7 +39,7 @@ export interface ServerOptions {
   compaction?: CompactionPolicy;
   /** See OpenOptions.syncWrites (default true; tests set false to intercept fdatasync). */
   walSyncWrites?: boolean;
-  /** Most bytes of zeros written ahead of the WAL at once (0: none); default 64 MiB. */
+  /** Bytes of zeros written ahead of the WAL at a time (0: none); default 256 KiB. */
   walPreallocate?: number;
   logger?: Logger;
 }
@@ -169,11 +169,6 @@ class ServerExecutor implements Executor {
   }
 }
 
-/** The WAL's preallocation steps for a `--wal-preallocate` size: 1 MiB (or less) up to it. */
-function preallocation(max = DEFAULT_PREALLOCATE.max): { min: number; max: number } | false {
-  return max <= 0 ? false : { min: Math.min(DEFAULT_PREALLOCATE.min, max), max };
-}
-
 export async function startServer(options: ServerOptions): Promise<ServerHandle> {
   const host = options.host ?? '127.0.0.1';
   const dir = path.resolve(options.dir ?? '.');
@@ -204,7 +199,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
       syncWrites: options.walSyncWrites ?? true,
-      preallocate: preallocation(options.walPreallocate),
+      preallocate: options.walPreallocate ?? DEFAULT_PREALLOCATE,
       apply: (type, key, value) => data.replay(type, key, value),
       onTruncated: (stats) =>
         log.warn(

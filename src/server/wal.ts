@@ -327,15 +327,15 @@ export interface OpenOptions {
    */
   syncWrites?: boolean;
   /**
-   * Write zeros ahead of the log's end, in steps from `min` to `max` bytes (a quarter of the
-   * log's size, within those bounds), so that group fsyncs overwrite allocated blocks instead
-   * of growing the file: on ext4 that skips a journal commit per fsync. False turns it off.
+   * Bytes of zeros to write ahead of the log's end at a time (with synchronous group commit),
+   * so that group fsyncs overwrite allocated blocks instead of growing the file: on ext4 that
+   * skips a journal commit per fsync. 0 turns it off.
    */
-  preallocate?: { min: number; max: number } | false;
+  preallocate?: number;
 }
 
-export const DEFAULT_PREALLOCATE = { min: 1024 * 1024, max: 64 * 1024 * 1024 };
-/** Zeros written ahead of the log, a piece at a time. */
+export const DEFAULT_PREALLOCATE = 256 * 1024;
+/** The largest piece of zeros written at a time. */
 const ZEROS = Buffer.alloc(1024 * 1024);
 
 export class WriteAheadLog {
@@ -361,17 +361,9 @@ export class WriteAheadLog {
   size: number;
   /** Bytes of the file known to exist: past `size` they are zeros written ahead (preallocated). */
   allocated: number;
-  /** The range being filled with zeros, if any: no group may be written into it meanwhile. */
-  private zeroing: { from: number; to: number } | undefined;
-  /** A group is waiting for the zeroing to finish (it would have overlapped the range). */
-  private blockedByZeroing = false;
-  private zeroingWaiters: (() => void)[] = [];
-  /** Bumped whenever the file is cut back or replaced, which voids a zeroing in flight. */
-  private fileGeneration = 0;
   private preallocRetryAt = 0;
-  /** Steps of zeros written ahead, and groups that had to wait for one. */
+  /** Pieces of zeros written ahead so far. */
   preallocations = 0;
-  groupsHeldForZeros = 0;
   /** The online rewrite in progress, if any (see rewrite()). */
   private rewriting: RewriteState | undefined;
   /** While set, no new group is written: the rewrite is swapping files. */
@@ -393,7 +385,8 @@ export class WriteAheadLog {
     /** Write and sync groups synchronously (policy `always` only). */
     private readonly syncWrites: boolean,
     allocated: number,
-    private readonly prealloc: { min: number; max: number } | false,
+    /** Zeros written ahead at a time (0: none); only with synchronous group commit. */
+    private readonly prealloc: number,
   ) {
     this.size = size;
     this.allocated = Math.max(size, allocated);
@@ -437,7 +430,6 @@ export class WriteAheadLog {
       const syncWrites = policy === 'always' && options.syncWrites !== false;
       const allocated = fs.fstatSync(fd).size;
       const wal = new WriteAheadLog(file, fd, size, policy, options.events, syncWrites, allocated, options.preallocate ?? DEFAULT_PREALLOCATE);
-      wal.preallocate();
       return { wal, stats };
     } catch (err) {
       fs.closeSync(fd);
@@ -490,17 +482,6 @@ export class WriteAheadLog {
       this.notifyIdle();
       return;
     }
-    if (this.zeroing !== undefined) {
-      // Never write a group where zeros are about to land: wait for them (only when the log
-      // has outrun the space written ahead of it).
-      const base = this.resetPending ? MAGIC.length : this.size;
-      const end = base + this.batch.length + RECORD_HEADER;
-      if (base < this.zeroing.to && end > this.zeroing.from) {
-        if (!this.blockedByZeroing) this.groupsHeldForZeros++;
-        this.blockedByZeroing = true;
-        return;
-      }
-    }
     // Everything in the rewrite's tail so far belongs to this group or earlier ones.
     if (this.rewriting !== undefined) this.rewriting.tailMark = this.rewriting.tail.length;
     const writing = this.batch;
@@ -532,7 +513,6 @@ export class WriteAheadLog {
         this.settledEpoch = epoch;
         this.lastError = undefined;
         this.events.durable(epoch);
-        this.preallocate();
       }
       if (this.batch.records > 0 || this.resetPending) this.flush();
       else this.notifyIdle();
@@ -578,7 +558,10 @@ export class WriteAheadLog {
       this.size = base + data.length;
       this.fsyncs++;
       this.lastFsyncAt = Date.now();
-      return finish(null);
+      finish(null);
+      // After the replies were released: this group's stall is not made longer by it.
+      this.preallocate(data.length);
+      return;
     }
     if (reset) {
       this.size = MAGIC.length;
@@ -725,52 +708,36 @@ export class WriteAheadLog {
   }
 
   /** Resolves once no group is being written; no new one starts until resume(). */
-  private async pause(): Promise<void> {
+  private pause(): Promise<void> {
     this.paused = true;
-    // The swap closes the file descriptor: no write of zeros may still be queued on it.
-    await this.zeroingDone();
-    if (!this.flushing) return;
+    if (!this.flushing) return Promise.resolve();
     return new Promise((resolve) => this.pauseWaiters.push(resolve));
   }
 
   /**
-   * Write zeros ahead of the log when less than half a step is left, in the libuv pool, so
-   * that later groups overwrite blocks that are already allocated: their fdatasync then has
-   * no file size or block allocation to journal (docs/durability.md). Best effort: a failure
-   * (ENOSPC) only means groups grow the file again for a while.
+   * Write the next piece of zeros ahead of the log, when less than half a piece is left, and
+   * fdatasync it, synchronously, between two groups: later groups then overwrite blocks that
+   * are allocated and on disk already, and their fdatasync has no file size or block allocation
+   * to journal (docs/durability.md). Nothing else touches the file meanwhile, so a group's
+   * fdatasync never has someone else's dirty pages to flush, and no group can land where zeros
+   * are still to be written. After a group larger than a quarter piece (a bulk load, whose
+   * fsyncs are dominated by its data) nothing is written: zeros would only double its writes.
+   * Best effort: a failure (ENOSPC) only means groups grow the file again for a while.
    */
-  preallocate(): void {
-    const limits = this.prealloc;
-    if (limits === false || this.zeroing !== undefined || this.closed || this.paused) return;
-    const step = Math.min(limits.max, Math.max(limits.min, Math.ceil(this.size / 4 / limits.min) * limits.min));
-    if (this.allocated - this.size >= step / 2 || Date.now() < this.preallocRetryAt) return;
-    // When nothing is left ahead (a fresh or cut-back log, or one that outran the zeros), start
-    // a little further on, so the next groups need not wait for the zeros: they fill the gap.
-    const from = Math.max(this.allocated, this.size + step / 4);
-    const to = from + step;
-    const fd = this.fd;
-    const generation = this.fileGeneration;
-    this.zeroing = { from, to };
-    const done = (err: Error | null): void => {
-      this.zeroing = undefined;
-      if (err) this.preallocRetryAt = Date.now() + 1000;
-      else if (generation === this.fileGeneration) {
-        this.allocated = Math.max(this.allocated, to);
-        this.preallocations++;
-      }
-      const waiters = this.zeroingWaiters;
-      this.zeroingWaiters = [];
-      for (const w of waiters) w();
-      if (this.blockedByZeroing) {
-        this.blockedByZeroing = false;
-        this.flush();
-      }
-    };
-    const write = (at: number): void => {
-      if (at >= to) return fs.fdatasync(fd, done);
-      fs.write(fd, ZEROS, 0, Math.min(ZEROS.length, to - at), at, (err, n) => (err ? done(err) : write(at + n)));
-    };
-    write(from);
+  private preallocate(groupBytes: number): void {
+    const piece = this.prealloc;
+    if (piece <= 0 || !this.syncWrites || this.closed || this.paused) return;
+    if (groupBytes > piece / 4 || this.allocated - this.size >= piece / 2 || Date.now() < this.preallocRetryAt) return;
+    const from = Math.max(this.allocated, this.size);
+    try {
+      for (let at = from; at < from + piece; ) at += fs.writeSync(this.fd, ZEROS, 0, Math.min(ZEROS.length, from + piece - at), at);
+      fs.fdatasyncSync(this.fd);
+      this.allocated = from + piece;
+      this.preallocations++;
+    } catch {
+      // Zeros that did land past `size` are harmless (replay ends the log at them).
+      this.preallocRetryAt = Date.now() + 1000;
+    }
   }
 
   /** Bytes of zeros known to be written ahead of the log (0 once the log has outrun them). */
@@ -778,15 +745,8 @@ export class WriteAheadLog {
     return Math.max(0, this.allocated - this.size);
   }
 
-  /** Resolves once no zeros are being written ahead of the log. */
-  zeroingDone(): Promise<void> {
-    if (this.zeroing === undefined) return Promise.resolve();
-    return new Promise((resolve) => this.zeroingWaiters.push(resolve));
-  }
-
   /** The file is being cut back to `size` (or replaced): what was written ahead is gone. */
   private cutBack(): void {
-    this.fileGeneration++;
     this.allocated = this.size;
   }
 
@@ -828,7 +788,6 @@ export class WriteAheadLog {
     this.abortRewrite('closing');
     await this.drain();
     this.closed = true;
-    await this.zeroingDone();
     if (this.syncTimer) clearInterval(this.syncTimer);
     try {
       if (this.needsTruncate) fs.ftruncateSync(this.fd, this.size);

@@ -41,7 +41,7 @@ interface Opened {
  * Open (and replay) the log. Nothing is written ahead of it unless `preallocate` says so, so
  * that most tests can read the file's layout byte for byte.
  */
-function open(events: WalEvents = NO_EVENTS, preallocate: { min: number; max: number } | false = false): Opened {
+function open(events: WalEvents = NO_EVENTS, preallocate = 0): Opened {
   const records: Rec[] = [];
   const truncations: ReplayStats[] = [];
   const { wal, stats } = WriteAheadLog.open(file, {
@@ -480,71 +480,51 @@ describe('WriteAheadLog: torn and garbage tails are cut back to the last complet
 });
 
 describe('WriteAheadLog: zeros written ahead (preallocation)', () => {
-  const STEP = { min: 64 * 1024, max: 256 * 1024 };
+  const PIECE = 4096;
+  /** `n` small groups (a few hundred bytes each, well under a quarter piece). */
+  const smallGroups = (n: number): Rec[][] =>
+    Array.from({ length: n }, (_, g) => Array.from({ length: 4 }, (_, i): Rec => [RecordType.Set, `key:${g}:${i}`, seededBytes(g * 10 + i, 40).toString('latin1')]));
 
-  it('groups overwrite the zeros written ahead; a reopen keeps them and replays exactly', async () => {
-    const { wal } = open(NO_EVENTS, STEP);
-    await wal.zeroingDone();
-    expect(wal.preallocations).toBe(1);
-    expect(wal.allocated).toBe(fs.statSync(file).size);
-    expect(wal.allocated).toBeGreaterThan(wal.size);
-    const groups: Rec[][] = [];
-    for (let g = 0; g < 60; g++) groups.push(Array.from({ length: 30 }, (_, i): Rec => [RecordType.Set, `key:${g}:${i}`, seededBytes(g * 100 + i, 100).toString('latin1')]));
+  it('small groups land on zeros written ahead; the file is the log plus zeros; a reopen keeps them and replays exactly', async () => {
+    const { wal } = open(NO_EVENTS, PIECE);
+    expect(wal.preallocations, 'nothing is written before the first group').toBe(0);
+    const groups = smallGroups(60);
     await appendGroups(wal, groups);
-    await wal.zeroingDone();
-    expect(wal.preallocations, 'the log grew past several steps').toBeGreaterThan(2);
+    expect(wal.preallocations, 'the log grew past several pieces').toBeGreaterThan(2);
     const bytes = fs.readFileSync(file);
     expect(bytes.length).toBe(wal.allocated);
+    expect(wal.preallocatedBytes).toBe(wal.allocated - wal.size);
+    expect(wal.preallocatedBytes).toBeGreaterThan(0);
     expect(isAllZero(bytes, wal.size, bytes.length), 'past the log: zeros').toBe(true);
     const size = wal.size;
     await close(wal);
 
-    const again = open(NO_EVENTS, STEP);
+    const again = open(NO_EVENTS, PIECE);
     expect(again.records).toEqual(groups.flat());
     expect(again.truncations).toEqual([]);
     expect(again.stats.bytes).toBe(size);
     expect(again.wal.size).toBe(size);
+    expect(again.wal.preallocatedBytes, 'the zeros are known again after a reopen').toBe(bytes.length - size);
     expect(fs.statSync(file).size, 'nothing cut').toBe(bytes.length);
   });
 
-  it('a group that would overlap zeros still being written waits for them, and is never overwritten', async () => {
-    // Hold every write of zeros for a few ms: without the wait, a group written meanwhile at the
-    // same offsets would be overwritten by them as they land.
-    const realWrite = fs.write;
-    const held = ((fd: number, buffer: Buffer, ...rest: unknown[]) => {
-      const call = (): unknown => (realWrite as (...a: unknown[]) => unknown)(fd, buffer, ...rest);
-      if (buffer.length >= 4096 && isAllZero(buffer, 0, 4096)) setTimeout(call, 3);
-      else call();
-    }) as typeof fs.write;
-    fs.write = held;
-    try {
-      const { wal } = open(NO_EVENTS, { min: 4096, max: 4096 });
-      const written: Rec[] = [];
-      for (let turn = 0; turn < 200; turn++) {
-        for (let i = 0; i < 1 + (turn % 5); i++) {
-          const rec: Rec = [RecordType.Set, `k${turn}.${i}`, seededBytes(turn * 10 + i, (turn * 37 + i * 101) % 1500).toString('latin1')];
-          wal.append(rec[0], b(rec[1]), b(rec[2]));
-          written.push(rec);
-        }
-        await new Promise<void>((resolve) => setImmediate(resolve));
-      }
-      await wal.drain();
-      await wal.zeroingDone();
-      expect(wal.groupsHeldForZeros, 'the log outran the zeros').toBeGreaterThan(0);
-      await close(wal);
-      const again = open();
-      expect(again.truncations).toEqual([]);
-      expect(again.records.length).toBe(written.length);
-      expect(again.records).toEqual(written);
-    } finally {
-      fs.write = realWrite;
-    }
+  it('no zeros after a group larger than a quarter piece (a bulk load), nor with preallocation off', async () => {
+    const { wal } = open(NO_EVENTS, PIECE);
+    await appendGroups(wal, [[[RecordType.Set, 'big', 'b'.repeat(PIECE)]]]);
+    expect(wal.preallocations).toBe(0);
+    expect(fs.statSync(file).size).toBe(wal.size);
+    await close(wal);
+    fs.rmSync(file);
+    const off = open(NO_EVENTS, 0);
+    await appendGroups(off.wal, smallGroups(30));
+    expect(off.wal.preallocations).toBe(0);
+    expect(fs.statSync(file).size).toBe(off.wal.size);
   });
 
   it('a torn group inside the zeros is cut back; the groups written after it replay', async () => {
-    const { wal } = open(NO_EVENTS, STEP);
+    const { wal } = open(NO_EVENTS, PIECE);
     await appendGroups(wal, [G1, G2]);
-    await wal.zeroingDone();
+    expect(wal.preallocatedBytes).toBeGreaterThan(0);
     const good = wal.size;
     await close(wal);
     // A crash mid-append: part of the next group landed on the zeros.
@@ -553,7 +533,7 @@ describe('WriteAheadLog: zeros written ahead (preallocation)', () => {
     fs.writeSync(fd, torn, 0, torn.length, good);
     fs.closeSync(fd);
 
-    const after = open(NO_EVENTS, STEP);
+    const after = open(NO_EVENTS, PIECE);
     expect(after.records).toEqual([...G1, ...G2]);
     expect(after.stats.truncatedFrom).toBe(good);
     expect(after.stats.droppedBytes).toBe(nonZeroLength(torn));
