@@ -113,7 +113,7 @@ export function estimateLog(file: string): { bytes: number; records: number } {
     return { bytes: 0, records: 0 };
   }
   try {
-    const bytes = dataEndFromTail(fd, fs.fstatSync(fd).size);
+    const bytes = dataEnd(fd, 0, fs.fstatSync(fd).size);
     if (bytes <= MAGIC.length) return { bytes, records: 0 };
     const head = Buffer.allocUnsafe(Math.min(1024 * 1024, bytes - MAGIC.length));
     const got = fs.readSync(fd, head, 0, head.length, MAGIC.length);
@@ -124,11 +124,15 @@ export function estimateLog(file: string): { bytes: number; records: number } {
   }
 }
 
-/** The offset just past the file's last non-zero byte, reading backwards a MiB at a time. */
-function dataEndFromTail(fd: number, fileSize: number): number {
-  const chunk = Buffer.allocUnsafe(Math.min(1024 * 1024, fileSize));
-  for (let end = fileSize; end > 0; ) {
-    const start = Math.max(0, end - chunk.length);
+/**
+ * The offset just past the last non-zero byte of the file in [from, to), or `from` when that
+ * range is all zeros (the space written ahead of the log). Reads backwards from `to` a MiB at a
+ * time, so it stops at the log's end without reading the log itself.
+ */
+function dataEnd(fd: number, from: number, to: number): number {
+  const chunk = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(0, to - from)));
+  for (let end = to; end > from; ) {
+    const start = Math.max(from, end - chunk.length);
     const got = fs.readSync(fd, chunk, 0, end - start, start);
     if (!isAllZero(chunk, 0, got)) {
       let last = got - 1;
@@ -137,7 +141,7 @@ function dataEndFromTail(fd: number, fileSize: number): number {
     }
     end = start;
   }
-  return 0;
+  return from;
 }
 
 /**
@@ -241,26 +245,6 @@ export function scanLog(file: string, apply: ApplyRecord, options: { allowCorrup
   } finally {
     fs.closeSync(fd);
   }
-}
-
-/**
- * The offset just past the last non-zero byte of the file in [from, to), or `from` when that
- * range is all zeros (the space written ahead of the log).
- */
-export function dataEnd(fd: number, from: number, to: number): number {
-  let end = from;
-  const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(0, to - from)));
-  for (let at = from; at < to; ) {
-    const got = fs.readSync(fd, chunk, 0, Math.min(chunk.length, to - at), at);
-    if (got === 0) break;
-    if (!isAllZero(chunk, 0, got)) {
-      let last = got - 1;
-      while (chunk[last] === 0) last--;
-      end = at + last + 1;
-    }
-    at += got;
-  }
-  return end;
 }
 
 function describeBad(buf: Buffer, at: number, end: number): string {
@@ -437,12 +421,12 @@ export class WriteAheadLog {
     }
   }
 
-  /** Add a record to the current group; returns the group's epoch. The flush happens at the end of this turn. */
   /** The epoch of the group that the next append() joins. */
   get fillingEpoch(): number {
     return this.fillEpoch;
   }
 
+  /** Add a record to the current group; returns the group's epoch. The flush happens at the end of this turn. */
   append(type: RecordType, key: Uint8Array | null, value: Uint8Array | null): number {
     if (this.closed) throw new Error('WAL is closed');
     this.batch.append(type, key, value);
