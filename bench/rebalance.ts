@@ -21,6 +21,21 @@ function summary(w: LoadStats, ms: number): string {
   return `${Math.round(w.ops / (ms / 1000))} ops/s, p50 ${(percentile(sorted, 50) / 1000).toFixed(2)} ms, p99 ${(percentile(sorted, 99) / 1000).toFixed(2)} ms, errors ${w.errors}${w.firstError ? ` (${w.firstError})` : ''}`;
 }
 
+/** CPU ms this process (the load generator) has used so far. */
+function selfCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/**
+ * CPU ms used by each process, and by the load generator (this process, last in `before`),
+ * between two snapshots, as "name X ms" (Linux only).
+ */
+function cpuUsed(procs: readonly Proc[], before: (number | undefined)[]): string {
+  const used = procs.map((p, i) => `${p.name} ${Math.round((cpuMs(p) ?? NaN) - (before[i] ?? NaN))} ms`);
+  return [...used, `load generator ${Math.round(selfCpuMs() - (before[procs.length] ?? NaN))} ms`].join(', ');
+}
+
 const dir = tempDir('kv-bench-rebalance-');
 const servers = await Promise.all([0, 1, 2, 3].map(() => startServer(dir)));
 // MIGRATE_BATCH=n: kv-proxy --migrate-batch n (keys per IMPORT; the proxy's default otherwise).
@@ -47,20 +62,17 @@ const load = closedLoop(proxy.port, CLIENTS, (c, i) => {
 });
 await new Promise((r) => setTimeout(r, 500));
 load.window();
+const baseCpu = [...[proxy, ...servers].map(cpuMs), selfCpuMs()];
 await new Promise((r) => setTimeout(r, BASELINE_MS));
 const base = load.window();
 const baseRate = base.ops / (BASELINE_MS / 1000);
 console.log(`baseline (${CLIENTS} clients, 90% GET): ${summary(base, BASELINE_MS)}`);
-
-/** CPU ms used by each process between two snapshots, as "name X ms" (Linux only). */
-function cpuUsed(procs: readonly Proc[], before: (number | undefined)[]): string {
-  return procs.map((p, i) => `${p.name} ${Math.round((cpuMs(p) ?? NaN) - (before[i] ?? NaN))} ms`).join(', ');
-}
+console.log(`  CPU used: ${cpuUsed([proxy, ...servers], baseCpu)}`);
 
 async function measure(label: string, args: string[]): Promise<void> {
   const procs = [proxy, ...servers];
   load.window();
-  const cpuBefore = procs.map(cpuMs);
+  const cpuBefore = [...procs.map(cpuMs), selfCpuMs()];
   const start = performance.now();
   const reply = await admin.send(args);
   const ms = performance.now() - start;

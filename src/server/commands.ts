@@ -94,7 +94,7 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     const batch = s.dumps.next(token, count, ranges);
     if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
     // Never hand out a value whose group could still fail: the reply waits for it.
-    for (const key of batch.keys) s.data.state(key);
+    s.data.dependOn(batch.dependency);
     const frames = encodeDumpFrames(batch);
     return array([int(batch.done ? 1 : 0), int(batch.scanned), int(batch.keys.length), bulk(frames.del), ...frames.imports.map((f) => bulk(f))]);
   },

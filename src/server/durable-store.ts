@@ -60,6 +60,11 @@ export class DurableStore {
     return this.state(key) === KeyState.Tombstoned;
   }
 
+  /** The reply depends on the WAL group `epoch` (e.g. the newest one that wrote a dumped entry). */
+  dependOn(epoch: number): void {
+    this.depend(epoch);
+  }
+
   /** The reply depends on everything written so far (e.g. a key count). */
   readAll(): void {
     this.depend(this.wal.lastEpoch);

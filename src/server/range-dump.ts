@@ -107,6 +107,8 @@ export interface DumpBatch {
   values: Buffer[];
   /** The target label of each key. */
   labels: number[];
+  /** The newest not-yet-durable WAL group that wrote one of these entries (0: none). */
+  dependency: number;
 }
 
 export class RangeDumps {
@@ -129,7 +131,7 @@ export class RangeDumps {
     if (dump === undefined) return undefined;
     dump.lastUsed = now;
     const intervals = dump.intervals;
-    const out: DumpBatch = { done: false, scanned: 0, targets: intervals.labels, keys: [], values: [], labels: [] };
+    const out: DumpBatch = { done: false, scanned: 0, targets: intervals.labels, keys: [], values: [], labels: [], dependency: 0 };
     // Scan in steps so that a batch stops soon after it is full.
     const step = Math.max(1000, Math.min(SCAN_BUDGET, count * 4));
     let bytes = 0;
@@ -156,6 +158,7 @@ export class RangeDumps {
         false,
         want,
       );
+      out.dependency = Math.max(out.dependency, this.store.readDependency);
       if (done) {
         out.done = true;
         this.dumps.delete(token);
@@ -186,7 +189,7 @@ export interface DumpFrames {
 }
 
 /** Encode a batch as RESP requests (a target with no keys gets an empty buffer). */
-export function encodeDumpFrames(batch: DumpBatch): DumpFrames {
+export function encodeDumpFrames(batch: Pick<DumpBatch, 'keys' | 'values' | 'labels' | 'targets'>): DumpFrames {
   const { keys, values, labels, targets } = batch;
   const counts = new Array<number>(targets).fill(0);
   for (const l of labels) counts[l]!++;

@@ -679,9 +679,10 @@ export class ShardedStore {
    * twice (the walk restarts that shard). `visit` may return false to pause the walk after the
    * current entry. `want`, if given, sees each entry's hash first: entries it refuses cost no
    * views (a migration dump wants a quarter of the keys or less). Returns true when the walk is
-   * complete.
+   * complete. Afterwards readDependency is the newest pending group among the visited entries.
    */
   scan(cursor: StoreCursor, budget: number, visit: (hash: number, key: Buffer, value: Buffer | null) => unknown, tombstones = false, want?: (hash: number) => boolean): boolean {
+    this.readDependency = 0;
     let seen = 0;
     while (cursor.shard < this.shards.length) {
       const shard = this.shards[cursor.shard]!;
@@ -701,6 +702,10 @@ export class ShardedStore {
         // Decide from the stored hash before making the key and value views.
         const hash = shard.u32(off);
         if (want !== undefined && !want(hash)) continue;
+        if (shard.dirty.size !== 0) {
+          const epoch = shard.dirty.get(off) ?? 0;
+          if (epoch > this.readDependency) this.readDependency = epoch;
+        }
         const more = visit(hash, shard.key(off), isTomb ? null : shard.value(off));
         if (more === false) return false; // the visitor has enough; resume after this entry
       }

@@ -130,6 +130,29 @@ describe('fsync always barrier', () => {
     await reader.expectNext('VALUE v2\n');
   });
 
+  it('holds a migration batch (RANGEDUMP) until the group that wrote one of its keys is durable', async () => {
+    const server = await start('always');
+    const writer = await RawSocket.connect(server.port);
+    writer.write('SET calm v1\n');
+    await writer.expectNext('OK\n');
+    // Whole ring, one target, in RESP so the reply's framing is exact: [done, scanned, keys, ...].
+    const dump = (token: string): string => ['RANGEDUMP', token, '10', '0', '4294967295', '0'].reduce((out, a) => `${out}$${a.length}\r\n${a}\r\n`, '*6\r\n');
+    const batch = (keys: number): string => `*5\r\n:1\r\n:${keys}\r\n:${keys}\r\n`;
+    const first = await RawSocket.connect(server.port);
+    first.write(dump('t1'));
+    await first.expectNext(batch(1), 5000);
+
+    gate.holding = true;
+    writer.write('SET hot v2\n');
+    await heldSyncs(1);
+    const second = await RawSocket.connect(server.port);
+    second.write(dump('t2'));
+    await second.expectSilence('a batch holding a key whose group is not durable', 200);
+    gate.release();
+    await second.expectNext(batch(2), 5000);
+    await writer.expectNext('OK\n');
+  });
+
   it.each(['everysec', 'no'] as const)('with --fsync %s, replies without waiting for fdatasync', async (policy) => {
     const server = await start(policy);
     const a = await RawSocket.connect(server.port);

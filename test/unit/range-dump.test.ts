@@ -118,7 +118,7 @@ describe('encodeDumpFrames', () => {
     const keys = [b('a'), b('bb'), b('\r\n$3\r\n'), Buffer.from([0, 255, 13, 10]), b('e')];
     const values = [b('1'), b(''), b('x\r\ny'), Buffer.alloc(300, 7), b('*2\r\n')];
     const labels = [1, 0, 1, 1, 0];
-    const frames = encodeDumpFrames({ done: false, scanned: 9, targets: 3, keys, values, labels });
+    const frames = encodeDumpFrames({ targets: 3, keys, values, labels });
     const str = (x: Buffer): string => x.toString('latin1');
     expect(decodeRequest(frames.del)).toEqual(['DEL', ...keys.map(str)]);
     expect(frames.imports).toHaveLength(3);
@@ -128,7 +128,7 @@ describe('encodeDumpFrames', () => {
   });
 
   it('an empty batch encodes to nothing at all', () => {
-    const frames = encodeDumpFrames({ done: true, scanned: 100, targets: 2, keys: [], values: [], labels: [] });
+    const frames = encodeDumpFrames({ targets: 2, keys: [], values: [], labels: [] });
     expect(frames.del.length).toBe(0);
     expect(frames.imports.map((f) => f.length)).toEqual([0, 0]);
   });
