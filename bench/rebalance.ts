@@ -1,7 +1,7 @@
 // npm run bench:rebalance — how fast ADD and REMOVE move data, and what they cost live traffic.
 //
 // 3 servers + proxy, 1M keys with 100-byte values (KEYS env to change; CLIENTS, BASELINE_MS,
-// MIGRATE_BATCH too), then:
+// MIGRATE_BATCH, MIGRATE_RATE too), then:
 //   1. baseline: 50 closed-loop clients (90% GET / 10% SET) for a few seconds;
 //   2. ADD a 4th node under the same load: keys moved per second, load throughput vs
 //      baseline, p50/p99 latency during the move;
@@ -39,7 +39,12 @@ function cpuUsed(procs: readonly Proc[], before: (number | undefined)[]): string
 const dir = tempDir('kv-bench-rebalance-');
 const servers = await Promise.all([0, 1, 2, 3].map(() => startServer(dir)));
 // MIGRATE_BATCH=n: kv-proxy --migrate-batch n (keys per IMPORT; the proxy's default otherwise).
-const proxy = await startProxy(dir, undefined, process.env.MIGRATE_BATCH ? ['--migrate-batch', process.env.MIGRATE_BATCH] : []);
+// MIGRATE_RATE=n: kv-proxy --migrate-rate n (most keys moved per second; default no limit).
+const proxyArgs = [
+  ...(process.env.MIGRATE_BATCH ? ['--migrate-batch', process.env.MIGRATE_BATCH] : []),
+  ...(process.env.MIGRATE_RATE ? ['--migrate-rate', process.env.MIGRATE_RATE] : []),
+];
+const proxy = await startProxy(dir, undefined, proxyArgs);
 const admin = new ProxyConnection('127.0.0.1', proxy.port, 600_000);
 for (const s of servers.slice(0, 3)) await admin.send(['ADD', `127.0.0.1:${s.port}`]);
 

@@ -10,9 +10,17 @@ export function parsePort(value: string, allowZero = false): number {
 }
 
 export function parsePositiveInt(max: number) {
+  return parseWholeNumber(1, max);
+}
+
+export function parseNonNegativeInt(max: number) {
+  return parseWholeNumber(0, max);
+}
+
+function parseWholeNumber(min: number, max: number) {
   return (value: string): number => {
-    if (!/^\d{1,9}$/.test(value) || Number(value) < 1 || Number(value) > max) {
-      throw new InvalidArgumentError(`'${value}' must be a whole number from 1 to ${max}.`);
+    if (!/^\d{1,9}$/.test(value) || Number(value) < min || Number(value) > max) {
+      throw new InvalidArgumentError(`'${value}' must be a whole number from ${min} to ${max}.`);
     }
     return Number(value);
   };

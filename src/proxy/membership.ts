@@ -37,6 +37,8 @@ export class Membership {
     private readonly pool: BackendPool,
     private readonly log: Logger,
     private readonly batchKeys = DEFAULT_BATCH_KEYS,
+    /** Most keys moved per second (0: no limit). */
+    private readonly maxKeysPerSec = 0,
   ) {}
 
   get members(): readonly string[] {
@@ -148,7 +150,7 @@ export class Membership {
     this.progress = { ...idleProgress(), state: 'running', kind: move.kind, node: move.node, startedAt: Date.now() };
     this.log.info({ kind: move.kind, node: move.node }, move.kind === 'add' ? 'rebalancing for new node' : 'evacuating node');
     try {
-      await migrate(this.pool, from, to, this.progress, this.batchKeys);
+      await migrate(this.pool, from, to, this.progress, this.batchKeys, this.maxKeysPerSec);
     } catch (err) {
       this.progress.state = 'failed';
       this.progress.error = (err as Error).message;

@@ -55,7 +55,7 @@ function expectOk(reply: Reply, what: string): Reply {
 }
 
 /** Move every key whose owner differs between `from` and `to`. Updates `progress` as it goes. */
-export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, progress: MigrationProgress, batchKeys = DEFAULT_BATCH_KEYS): Promise<void> {
+export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, progress: MigrationProgress, batchKeys = DEFAULT_BATCH_KEYS, maxKeysPerSec = 0): Promise<void> {
   const moved = from.movedTo(to).filter((r) => r.from !== '');
   const bySource = new Map<string, MovedRange[]>();
   for (const r of moved) {
@@ -79,10 +79,11 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   const stop: { reason: unknown } = { reason: undefined };
   const bulkPool = pool.fork();
   const lanes = new Map(progress.targets.map((t) => [t, new Lane(TARGET_WINDOW)]));
+  const pacer = new Pacer(maxKeysPerSec);
   try {
     const results = await Promise.allSettled(
       [...bySource].map(([source, ranges]) =>
-        drainSource({ pool: bulkPool, lanes, progress, stop }, source, ranges, batchKeys, to.members.includes(source)).catch((err: unknown) => {
+        drainSource({ pool: bulkPool, lanes, pacer, progress, stop }, source, ranges, batchKeys, to.members.includes(source)).catch((err: unknown) => {
           stop.reason ??= err;
           throw err;
         }),
@@ -119,6 +120,27 @@ class Lane {
     const next = this.waiting.shift();
     if (next !== undefined) next();
     else this.free++;
+  }
+}
+
+/**
+ * Holds a move to `rate` keys per second on average, all sources together (kv-proxy
+ * --migrate-rate): a move then takes no more of the machine than that, and client traffic keeps
+ * the rest. 0: as fast as the pipeline goes.
+ */
+export class Pacer {
+  private readonly start = performance.now();
+  private granted = 0;
+
+  constructor(private readonly rate: number) {}
+
+  /** Resolves when `keys` more may be sent: once the keys granted so far are due at `rate`. */
+  async take(keys: number): Promise<void> {
+    if (this.rate <= 0) return;
+    const due = this.start + (this.granted / this.rate) * 1000;
+    this.granted += keys;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
 
@@ -165,6 +187,7 @@ class SourceDeletes {
 interface MoveContext {
   pool: BackendPool;
   lanes: Map<string, Lane>;
+  pacer: Pacer;
   progress: MigrationProgress;
   stop: { reason: unknown };
 }
@@ -200,7 +223,10 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
       progress.keysScanned += batch.scanned;
       // Ask for the next batch at once: it is scanned while this one is imported.
       if (!batch.done) request = source.call(['RANGEDUMP', token, count]);
-      if (batch.keys > 0) track(moveBatch(ctx, targets, batch).then(() => deletes?.add(batch.del, batch.keys)));
+      if (batch.keys > 0) {
+        await ctx.pacer.take(batch.keys);
+        track(moveBatch(ctx, targets, batch).then(() => deletes?.add(batch.del, batch.keys)));
+      }
       while (inFlight.size >= WINDOW && failure === undefined) await Promise.race(inFlight);
       if (failure !== undefined) throw failure;
       if (stop.reason !== undefined) throw new MigrationError(`stopped: another source failed`);

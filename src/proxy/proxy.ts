@@ -35,6 +35,8 @@ export interface ProxyOptions {
   requestTimeoutMs?: number;
   /** Keys per IMPORT batch when moving data (default DEFAULT_BATCH_KEYS). */
   migrateBatchKeys?: number;
+  /** Most keys moved per second during ADD/REMOVE; 0 (default) means no limit. */
+  migrateRate?: number;
   logger?: Logger;
 }
 
@@ -213,7 +215,7 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
 
   const router = new Router(pool, new HashRing(state.members, state.vnodes));
   if (state.move !== null) router.beginMove(new HashRing(state.move.to, state.vnodes));
-  const membership = new Membership(state, file, router, pool, log, options.migrateBatchKeys);
+  const membership = new Membership(state, file, router, pool, log, options.migrateBatchKeys, options.migrateRate);
   const executor = new ProxyExecutor(router, membership, pool, listener, { port, host, maxClients });
 
   listener.accept(maxClients, {

@@ -98,6 +98,27 @@ describe('rebalancing', () => {
     admin.close();
   });
 
+  it('--migrate-rate holds a move to that many keys per second, and it still moves every key', async () => {
+    const RATE = 2000;
+    const { proxy, servers } = await startCluster(3, ['--migrate-rate', String(RATE), '--migrate-batch', '100']);
+    const [s1, s2, s3] = servers as [ProcHandle, ProcHandle, ProcHandle];
+    const client = await TextClient.connect(proxy.port);
+    for (const s of [s1, s2]) expect(await client.send(`ADD ${nodeAddress(s)}`)).toMatch(/^OK added /);
+    const acks = await client.pipeline(keys.map((k, i) => `SET ${k} ${valueOf(i)}`));
+    expect(acks.filter((r) => r !== 'OK'), 'SET replies other than OK').toEqual([]);
+    const added = await client.send(`ADD ${nodeAddress(s3)}`);
+    const m = /^OK added \S+ moved=(\d+) scanned=\d+ ms=(\d+)$/.exec(added);
+    expect(m, added).not.toBeNull();
+    const [moved, ms] = [Number(m![1]), Number(m![2])];
+    expect(moved, 'a third of the keys or so').toBeGreaterThan(KEYS * 0.15);
+    // Each batch (at most 100 keys per target) may leave only once the keys before it are due.
+    const floor = ((moved - 2 * 100) / RATE) * 1000;
+    expect(ms, `moved ${moved} keys in ${ms} ms; at ${RATE} keys/s that takes at least ${Math.round(floor)} ms`).toBeGreaterThanOrEqual(floor);
+    await expectAllKeys(client);
+    expect((await dbsize(s1.port)) + (await dbsize(s2.port)) + (await dbsize(s3.port)), 'every key on exactly one node').toBe(KEYS);
+    client.close();
+  });
+
   it('rejects ADD of a member, of a dead port and of bad addresses', async () => {
     const { proxy, servers } = await startCluster(1);
     const client = await TextClient.connect(proxy.port);
