@@ -128,7 +128,7 @@ class Lane {
  * --migrate-rate): a move then takes no more of the machine than that, and client traffic keeps
  * the rest. 0: as fast as the pipeline goes.
  */
-export class Pacer {
+class Pacer {
   private readonly start = performance.now();
   private granted = 0;
 
