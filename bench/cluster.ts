@@ -72,6 +72,29 @@ export function cpuMs(p: Proc): number | undefined {
   }
 }
 
+/** The whole machine's CPU time so far (/proc/stat, all cores), busy and in total, in ticks. */
+export interface MachineCpu {
+  busy: number;
+  total: number;
+}
+
+export function machineCpu(): MachineCpu | undefined {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'latin1').split('\n', 1)[0]!;
+    const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
+    const total = ticks.reduce((a, b) => a + b, 0);
+    return { busy: total - ticks[3]! - ticks[4]!, total };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Share of the machine's CPU that was busy between two snapshots, as "NN%" ("?" without /proc). */
+export function machineBusy(before: MachineCpu | undefined, after: MachineCpu | undefined): string {
+  if (before === undefined || after === undefined || after.total === before.total) return '?';
+  return `${Math.round((100 * (after.busy - before.busy)) / (after.total - before.total))}%`;
+}
+
 export function stopAll(): void {
   // A profiled process must exit normally to write its profile.
   for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill(PROFILE_DIR === undefined ? 'SIGKILL' : 'SIGINT');

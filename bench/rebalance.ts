@@ -8,7 +8,7 @@
 //   3. REMOVE a node, the same.
 // Prints numbers only; not part of npm test.
 import { closedLoop, percentile, pipelined, type LoadStats } from './load.js';
-import { cpuMs, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
+import { cpuMs, machineBusy, machineCpu, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
@@ -68,20 +68,22 @@ const load = closedLoop(proxy.port, CLIENTS, (c, i) => {
 await new Promise((r) => setTimeout(r, 500));
 load.window();
 const baseCpu = [...[proxy, ...servers].map(cpuMs), selfCpuMs()];
+const baseMachine = machineCpu();
 await new Promise((r) => setTimeout(r, BASELINE_MS));
 const base = load.window();
 const baseRate = base.ops / (BASELINE_MS / 1000);
 console.log(`baseline (${CLIENTS} clients, 90% GET): ${summary(base, BASELINE_MS)}`);
-console.log(`  CPU used: ${cpuUsed([proxy, ...servers], baseCpu)}`);
+console.log(`  CPU used: ${cpuUsed([proxy, ...servers], baseCpu)}; machine busy ${machineBusy(baseMachine, machineCpu())}`);
 
 async function measure(label: string, args: string[]): Promise<void> {
   const procs = [proxy, ...servers];
   load.window();
   const cpuBefore = [...procs.map(cpuMs), selfCpuMs()];
+  const machineBefore = machineCpu();
   const start = performance.now();
   const reply = await admin.send(args);
   const ms = performance.now() - start;
-  const cpu = cpuUsed(procs, cpuBefore);
+  const cpu = `${cpuUsed(procs, cpuBefore)}; machine busy ${machineBusy(machineBefore, machineCpu())}`;
   const w = load.window();
   const text = reply.type === 'simple' ? reply.value : reply.type === 'error' ? reply.message : '?';
   const moved = Number(/moved=(\d+)/.exec(text)?.[1] ?? 0);
