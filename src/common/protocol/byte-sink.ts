@@ -1,6 +1,9 @@
 // A growable output buffer. Replies for one event-loop turn are appended here and leave in a
 // single socket write, so a pipelined batch costs one syscall instead of one per reply.
 
+/** Up to this many bytes are copied by a loop rather than by a native call. */
+const SMALL = 16;
+
 export class ByteSink {
   private buf: Buffer;
   length = 0;
@@ -21,15 +24,33 @@ export class ByteSink {
 
   /** Append a string whose characters are all < 256 (ASCII headers, latin1 payloads). */
   latin1(text: string): this {
-    this.reserve(text.length);
+    const n = text.length;
+    this.reserve(n);
+    if (n <= SMALL) {
+      // Headers like `$100\r\n`: a loop is cheaper than a call into C++ for a few bytes.
+      const buf = this.buf;
+      const at = this.length;
+      for (let i = 0; i < n; i++) buf[at + i] = text.charCodeAt(i);
+      this.length = at + n;
+      return this;
+    }
     this.length += this.buf.write(text, this.length, 'latin1');
     return this;
   }
 
   bytes(data: Uint8Array): this {
-    this.reserve(data.length);
+    const n = data.length;
+    this.reserve(n);
+    if (n <= SMALL) {
+      // Keys: TypedArray.set has a fixed cost that dominates for a few bytes.
+      const buf = this.buf;
+      const at = this.length;
+      for (let i = 0; i < n; i++) buf[at + i] = data[i]!;
+      this.length = at + n;
+      return this;
+    }
     this.buf.set(data, this.length);
-    this.length += data.length;
+    this.length += n;
     return this;
   }
 
