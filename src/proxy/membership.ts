@@ -38,7 +38,7 @@ export class Membership {
     private readonly log: Logger,
     private readonly batchKeys = DEFAULT_BATCH_KEYS,
     /** Most keys moved per second (0: no limit). */
-    private readonly maxKeysPerSec = 0,
+    readonly maxKeysPerSec = 0,
   ) {}
 
   get members(): readonly string[] {

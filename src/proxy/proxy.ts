@@ -137,6 +137,7 @@ class ProxyExecutor implements Executor {
       migration_keys_scanned: p.keysScanned,
       migration_keys_total: p.keysToScan,
       migration_keys_per_sec: p.startedAt > 0 && seconds > 0 ? Math.round(p.keysMoved / seconds) : 0,
+      migration_rate_limit: this.membership.maxKeysPerSec,
       migration_elapsed_ms: p.startedAt > 0 ? Math.round(seconds * 1000) : 0,
       migration_error: p.error || 'none',
     };

@@ -116,6 +116,7 @@ describe('rebalancing', () => {
     expect(ms, `moved ${moved} keys in ${ms} ms; at ${RATE} keys/s that takes at least ${Math.round(floor)} ms`).toBeGreaterThanOrEqual(floor);
     await expectAllKeys(client);
     expect((await dbsize(s1.port)) + (await dbsize(s2.port)) + (await dbsize(s3.port)), 'every key on exactly one node').toBe(KEYS);
+    expect(await client.send('MIGRATION'), 'MIGRATION shows the limit').toMatch(new RegExp(`^migration_rate_limit:${RATE}$`, 'm'));
     client.close();
   });
 
