@@ -203,9 +203,11 @@ if (have('redis-server')) {
   fs.rmSync(rdir, { recursive: true, force: true });
 }
 const settledFor = `${(SETTLE_MS / 1000).toFixed(0)} s`;
-row(`RSS with ${KEYS} keys, ${settledFor} after the load (MB)`, `${kvRss.settled.toFixed(0)} (after restart ${kvRssAfter.settled.toFixed(0)})`, Number.isNaN(redisRss.settled) ? 'n/a' : redisRss.settled.toFixed(0), Number.isNaN(redisRss.settled) ? 'n/a' : `${(kvRss.settled / redisRss.settled).toFixed(2)}x`, '<= 1.2x redis');
-row(`RSS right after the load (MB)`, `${kvRss.now.toFixed(0)} (after restart ${kvRssAfter.now.toFixed(0)})`, Number.isNaN(redisRss.now) ? 'n/a' : redisRss.now.toFixed(0), Number.isNaN(redisRss.now) ? 'n/a' : `${(kvRss.now / redisRss.now).toFixed(2)}x`, 'report');
-row(`restart with ${KEYS} keys (ms, spawn to PING)`, kvRestart.toFixed(0), Number.isNaN(redisRestart) ? 'n/a' : redisRestart.toFixed(0), Number.isNaN(redisRestart) ? 'n/a' : `${(kvRestart / redisRestart).toFixed(2)}x`, "<= redis's load time");
+/** The peer's column and the ratio column for kvstore's `kv` against redis's `peer` (NaN: no redis). */
+const againstRedis = (kv: number, peer: number): [string, string] => (Number.isNaN(peer) ? ['n/a', 'n/a'] : [peer.toFixed(0), `${(kv / peer).toFixed(2)}x`]);
+row(`RSS with ${KEYS} keys, ${settledFor} after the load (MB)`, `${kvRss.settled.toFixed(0)} (after restart ${kvRssAfter.settled.toFixed(0)})`, ...againstRedis(kvRss.settled, redisRss.settled), '<= 1.2x redis');
+row(`RSS right after the load (MB)`, `${kvRss.now.toFixed(0)} (after restart ${kvRssAfter.now.toFixed(0)})`, ...againstRedis(kvRss.now, redisRss.now), 'report');
+row(`restart with ${KEYS} keys (ms, spawn to PING)`, kvRestart.toFixed(0), ...againstRedis(kvRestart, redisRestart), "<= redis's load time");
 
 console.log('\n5. proxy overhead at low load: GET p50 with 1 client, via the proxy vs directly');
 const viaProxy: number[] = [];

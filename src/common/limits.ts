@@ -15,5 +15,8 @@ export const DEFAULT_LIMITS: Limits = {
   maxArgs: 1024 * 1024,
 };
 
+/** Most keys one RANGEDUMP call may ask for: servers refuse more, the proxy never asks for more. */
+export const MAX_DUMP_KEYS = 100_000;
+
 /** A client that does not read its replies is disconnected once this many bytes wait for it. */
 export const DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024;

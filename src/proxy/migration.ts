@@ -20,11 +20,10 @@
 import { randomBytes } from 'node:crypto';
 import type { HashRing, MovedRange } from '../common/ring.js';
 import type { Reply } from '../common/protocol/reply.js';
+import { MAX_DUMP_KEYS } from '../common/limits.js';
 import type { Backend, BackendPool } from './backend.js';
 
 export const DEFAULT_BATCH_KEYS = 250;
-/** The most keys one RANGEDUMP call may ask for (docs/protocol.md). */
-const MAX_DUMP_KEYS = 100_000;
 
 export interface MigrationProgress {
   state: 'idle' | 'running' | 'failed' | 'done';

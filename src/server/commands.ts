@@ -6,6 +6,7 @@ import { ArgCursor } from '../common/commands/cursor.js';
 import { clientReply, commandReply, configReply, helpReply, selectReply } from '../common/commands/introspection.js';
 import { array, bulk, error, int, NIL, OK, PONG, simple, type Reply } from '../common/protocol/reply.js';
 import { CommandError } from '../common/errors.js';
+import { MAX_DUMP_KEYS } from '../common/limits.js';
 import { encodeDumpFrames, MAX_DUMP_TARGETS, type LabelledRange } from './range-dump.js';
 import type { ClientConnection } from '../common/net/client-connection.js';
 import type { ServerState } from './server.js';
@@ -83,7 +84,7 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   rangedump(s, args) {
     const cursor = new ArgCursor(args, 'rangedump');
     const token = cursor.text();
-    const count = cursor.uint(100_000);
+    const count = cursor.uint(MAX_DUMP_KEYS);
     let ranges: LabelledRange[] | undefined;
     if (cursor.remaining > 0) {
       if (cursor.remaining % 3 !== 0) throw new CommandError('ERR RANGEDUMP ranges come in start/end/target triples');
@@ -94,7 +95,7 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     const batch = s.dumps.next(token, count, ranges);
     if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
     // Never hand out a value whose group could still fail: the reply waits for it.
-    s.data.dependOn(batch.dependency);
+    s.data.depend(batch.dependency);
     const frames = encodeDumpFrames(batch);
     return array([int(batch.done ? 1 : 0), int(batch.scanned), int(batch.keys.length), bulk(frames.del), ...frames.imports.map((f) => bulk(f))]);
   },

@@ -36,7 +36,8 @@ export class DurableStore {
     }
   }
 
-  private depend(epoch: number): void {
+  /** The reply being built depends on WAL group `epoch` (e.g. the newest that wrote a dumped entry). */
+  depend(epoch: number): void {
     if (epoch > this.touched) this.touched = epoch;
   }
 
@@ -58,11 +59,6 @@ export class DurableStore {
 
   isTombstoned(key: Buffer): boolean {
     return this.state(key) === KeyState.Tombstoned;
-  }
-
-  /** The reply depends on the WAL group `epoch` (e.g. the newest one that wrote a dumped entry). */
-  dependOn(epoch: number): void {
-    this.depend(epoch);
   }
 
   /** The reply depends on everything written so far (e.g. a key count). */

@@ -48,6 +48,13 @@ function copyInto(target: Buffer, source: Uint8Array, at: number): void {
   for (let i = 0; i < n; i++) target[at + i] = source[i]!;
 }
 
+/** The index size for `entries` keys at most half full: `from`, doubled as often as needed. */
+function indexCapacity(entries: number, from: number): number {
+  let capacity = from;
+  while (entries * 10 > capacity * 5) capacity *= 2;
+  return capacity;
+}
+
 class Shard {
   constructor(readonly index: number) {}
   private buf: Buffer = Buffer.allocUnsafe(64 * 1024);
@@ -161,9 +168,7 @@ class Shard {
   }
 
   private rehash(): void {
-    let capacity = this.slots.length;
-    while ((this.liveSlots() + 1) * 10 > capacity * 5) capacity *= 2;
-    this.rebuild(capacity);
+    this.rebuild(indexCapacity(this.liveSlots() + 1, this.slots.length));
   }
 
   private liveSlots(): number {
@@ -174,8 +179,7 @@ class Shard {
 
   /** Size the index for `entries` more keys in one step, before a bulk load. */
   expectEntries(entries: number): void {
-    let capacity = this.slots.length;
-    while ((this.filled + entries) * 10 > capacity * 5) capacity *= 2;
+    const capacity = indexCapacity(this.filled + entries, this.slots.length);
     if (capacity > this.slots.length) this.rebuild(capacity);
   }
 
@@ -183,8 +187,7 @@ class Shard {
   trimIndex(): void {
     const live = this.liveSlots();
     if (this.slots.length <= MIN_CAPACITY || live * 4 >= this.slots.length) return;
-    let capacity = MIN_CAPACITY;
-    while (live * 10 > capacity * 5) capacity *= 2;
+    const capacity = indexCapacity(live, MIN_CAPACITY);
     if (capacity < this.slots.length) this.rebuild(capacity);
   }
 

@@ -42,7 +42,9 @@ export class ByteSink {
     const n = data.length;
     this.reserve(n);
     if (n <= SMALL) {
-      // Keys: TypedArray.set has a fixed cost that dominates for a few bytes.
+      // Keys: TypedArray.set has a fixed cost that dominates for a few bytes. (The store's
+      // copyInto does the same for its arenas. Calling one shared function from here was
+      // slower: 1M bulk replies in 52.7-166.1 ms against 50.7-60.3 ms, in-process, four pairs.)
       const buf = this.buf;
       const at = this.length;
       for (let i = 0; i < n; i++) buf[at + i] = data[i]!;
