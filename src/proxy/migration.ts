@@ -3,11 +3,11 @@
 //
 // Per source, one RANGEDUMP cursor walks the ranges that source loses, each range labelled
 // with its target. The source returns every batch as ready-to-send requests: an IMPORT per
-// target (insert-if-absent, one fsync per batch on the target) and a DEL for itself. The proxy
-// forwards those bytes untouched, so moving a key costs the proxy no per-key work. Only after
-// every target acknowledged its IMPORT durably does the source get the batch's DEL; DELs go
-// out in rounds of ~2,000 keys so that the source syncs many batches with one fsync. A source
-// that leaves the ring (REMOVE) gets no DELs at all: it is RESET once the move is committed.
+// target (insert-if-absent, one fsync per batch on the target). The proxy forwards those bytes
+// untouched, so moving a key costs the proxy no per-key work. Only after every target
+// acknowledged every IMPORT of a source durably does that source drop the ranges it lost
+// (DROPRANGE: one WAL record per few shards, instead of a DEL of every key). A source that
+// leaves the ring (REMOVE) drops nothing: it is RESET once the move is committed.
 // The next batch's RANGEDUMP is requested while the current one is being imported, so the
 // source, the targets and the proxy work in parallel. Sources run concurrently.
 //
@@ -16,7 +16,9 @@
 //
 // Correctness does not depend on this code's timing: the Router already sends every write for
 // a moving key to its target, and IMPORT never overwrites, so a batch can be repeated (after a
-// crash) or race with client traffic without losing or reviving anything.
+// crash) or race with client traffic without losing or reviving anything. A source's copies of
+// moving keys are frozen (nothing but the migration touches them), so dropping them whole once
+// the targets hold them all deletes nothing that is not durable elsewhere.
 import { randomBytes } from 'node:crypto';
 import type { HashRing, MovedRange } from '../common/ring.js';
 import type { Reply } from '../common/protocol/reply.js';
@@ -143,46 +145,6 @@ class Pacer {
   }
 }
 
-/**
- * Keys deleted from a source per DEL round. The DEL of each imported batch waits here until
- * this many keys are due, then they all leave together: the source reads them in one go and
- * syncs them with one fsync, instead of one fsync per batch.
- */
-const DELETE_ROUND_KEYS = 2000;
-
-/** The DELs a source owes for batches its targets hold durably, sent in rounds. */
-class SourceDeletes {
-  private frames: Buffer[] = [];
-  private due = 0;
-  private readonly sent: Promise<Reply>[] = [];
-
-  constructor(private readonly source: Backend) {}
-
-  add(frame: Buffer, keys: number): void {
-    this.frames.push(frame);
-    this.due += keys;
-    if (this.due >= DELETE_ROUND_KEYS) this.flush();
-  }
-
-  private flush(): void {
-    for (const frame of this.frames) this.sent.push(this.source.callEncoded(frame));
-    this.frames = [];
-    this.due = 0;
-  }
-
-  /** Send what is left and wait until the source has every delete on disk. */
-  async finish(): Promise<void> {
-    this.flush();
-    for (const reply of await Promise.all(this.sent)) expectOk(reply, `DEL on ${this.source.address}`);
-  }
-
-  /** After a failure: wait for the DELs already sent (whatever their outcome); send no more. */
-  async abandon(): Promise<void> {
-    this.frames = [];
-    await Promise.all(this.sent);
-  }
-}
-
 interface MoveContext {
   pool: BackendPool;
   lanes: Map<string, Lane>;
@@ -192,14 +154,13 @@ interface MoveContext {
 }
 
 /**
- * Stream one source's moving keys to their targets. `deleteMoved`: delete them from the source
- * as they land; false for a source leaving the ring, whose data is dropped whole (RESET) once
- * the move is committed, so per-key deletes would be wasted work.
+ * Stream one source's moving keys to their targets. `dropMoved`: then delete them from the
+ * source; false for a source leaving the ring, whose data is dropped whole (RESET) once the
+ * move is committed.
  */
-async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: MovedRange[], batchKeys: number, deleteMoved: boolean): Promise<void> {
+async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: MovedRange[], batchKeys: number, dropMoved: boolean): Promise<void> {
   const { pool, progress, stop } = ctx;
   const source = pool.get(sourceAddress);
-  const deletes = deleteMoved ? new SourceDeletes(source) : undefined;
   const targets = [...new Set(ranges.map((r) => r.to))];
   const rangeArgs = ranges.flatMap((r) => [String(r.start), String(r.end), String(targets.indexOf(r.to))]);
   const token = `mig-${randomBytes(6).toString('hex')}`;
@@ -224,7 +185,7 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
       if (!batch.done) request = source.call(['RANGEDUMP', token, count]);
       if (batch.keys > 0) {
         await ctx.pacer.take(batch.keys);
-        track(moveBatch(ctx, targets, batch).then(() => deletes?.add(batch.del, batch.keys)));
+        track(moveBatch(ctx, targets, batch));
       }
       while (inFlight.size >= WINDOW && failure === undefined) await Promise.race(inFlight);
       if (failure !== undefined) throw failure;
@@ -234,36 +195,43 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
   } catch (err) {
     // Nothing of this attempt may still be in flight once the move is reported as failed.
     await Promise.all(inFlight);
-    await deletes?.abandon();
     throw err;
   }
   await Promise.all(inFlight);
-  if (failure !== undefined) {
-    await deletes?.abandon();
-    throw failure;
+  if (failure !== undefined) throw failure;
+  // Every target holds every key of these ranges durably: the source's copies can go.
+  if (dropMoved) await dropRanges(source, ranges);
+}
+
+/** DROPRANGE the source's lost ranges, call after call (a few shards each), until it is done. */
+async function dropRanges(source: Backend, ranges: MovedRange[]): Promise<void> {
+  const pairs = ranges.flatMap((r) => [String(r.start), String(r.end)]);
+  for (let from = 0; ; ) {
+    const reply = expectOk(await source.call(['DROPRANGE', String(from), ...pairs]), `DROPRANGE on ${source.address}`);
+    const [done, next] = reply.type === 'array' && reply.items !== null ? reply.items : [];
+    if (done?.type !== 'int' || next?.type !== 'int') throw new MigrationError(`DROPRANGE on ${source.address}: malformed reply`);
+    if (done.value === 1) return;
+    from = next.value;
   }
-  await deletes?.finish();
 }
 
 interface DumpedBatch {
   done: boolean;
   scanned: number;
   keys: number;
-  /** `DEL k ...` for the source, as RESP bytes. */
-  del: Buffer;
   /** `IMPORT k v ...` per target (empty: no key for that target), as RESP bytes. */
   imports: Buffer[];
 }
 
-/** RANGEDUMP's reply: [done, scanned, keys, DEL request, IMPORT request per target]. */
+/** RANGEDUMP's reply: [done, scanned, keys, IMPORT request per target]. */
 function parseDump(reply: Reply, targets: number, source: string): DumpedBatch {
   const items = reply.type === 'array' ? reply.items : null;
   const [done, scanned, keys] = items ?? [];
   const frames = (items ?? []).slice(3).map((f) => (f.type === 'bulk' && f.value !== null ? f.value : undefined));
-  if (items?.length !== 4 + targets || done?.type !== 'int' || scanned?.type !== 'int' || keys?.type !== 'int' || frames.includes(undefined)) {
+  if (items?.length !== 3 + targets || done?.type !== 'int' || scanned?.type !== 'int' || keys?.type !== 'int' || frames.includes(undefined)) {
     throw new MigrationError(`RANGEDUMP on ${source}: malformed reply`);
   }
-  return { done: done.value === 1, scanned: scanned.value, keys: keys.value, del: frames[0]!, imports: frames.slice(1) as Buffer[] };
+  return { done: done.value === 1, scanned: scanned.value, keys: keys.value, imports: frames as Buffer[] };
 }
 
 /** IMPORT one dumped batch into its target(s); resolves once all of them hold it durably. */

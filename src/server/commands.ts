@@ -7,10 +7,15 @@ import { clientReply, commandReply, configReply, helpReply, selectReply } from '
 import { array, bulk, error, int, NIL, OK, PONG, simple, type Reply } from '../common/protocol/reply.js';
 import { CommandError } from '../common/errors.js';
 import { MAX_DUMP_KEYS } from '../common/limits.js';
-import { encodeDumpFrames, MAX_DUMP_TARGETS, type LabelledRange } from './range-dump.js';
+import { encodeDumpFrames, MAX_DUMP_TARGETS } from './range-dump.js';
+import { HashIntervals, type LabelledRange } from './hash-intervals.js';
+import type { HashRange } from '../common/ring.js';
 import type { ClientConnection } from '../common/net/client-connection.js';
 import type { ServerState } from './server.js';
 import { KeyState } from './store.js';
+
+/** Index slots one DROPRANGE call examines (whole shards, at least one): a few milliseconds. */
+const DROP_SLOTS_PER_CALL = 256 * 1024;
 
 type Handler = (state: ServerState, args: Buffer[], conn: ClientConnection) => Reply;
 type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | 'nodes' | 'migration'>;
@@ -78,8 +83,8 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   /**
    * RANGEDUMP <token> <count> [start end target ...]: with ranges, start a dump (each range
    * labelled with the index of the node it moves to); without, continue it.
-   * Reply: [done, scanned, keys, DEL request, IMPORT request for target 0, for target 1, ...],
-   * the requests as ready-to-send RESP bytes (empty when a target gets no key in this batch).
+   * Reply: [done, scanned, keys, IMPORT request for target 0, for target 1, ...], the requests
+   * as ready-to-send RESP bytes (empty when a target gets no key in this batch).
    */
   rangedump(s, args) {
     const cursor = new ArgCursor(args, 'rangedump');
@@ -96,8 +101,25 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
     if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
     // Never hand out a value whose group could still fail: the reply waits for it.
     s.data.depend(batch.dependency);
-    const frames = encodeDumpFrames(batch);
-    return array([int(batch.done ? 1 : 0), int(batch.scanned), int(batch.keys.length), bulk(frames.del), ...frames.imports.map((f) => bulk(f))]);
+    return array([int(batch.done ? 1 : 0), int(batch.scanned), int(batch.keys.length), ...encodeDumpFrames(batch).map((f) => bulk(f))]);
+  },
+
+  /**
+   * DROPRANGE <from> <start> <end> [start end ...]: delete the live values whose hash is in the
+   * ranges, from hash <from> on, a few shards per call (one WAL record each). Reply:
+   * [done, next from, dropped].
+   */
+  droprange(s, args) {
+    const cursor = new ArgCursor(args, 'droprange');
+    const from = cursor.uint(0xffffffff);
+    if (cursor.remaining % 2 !== 0) throw new CommandError('ERR DROPRANGE ranges come in start/end pairs');
+    const ranges: HashRange[] = [];
+    while (cursor.remaining > 0) ranges.push({ start: cursor.uint(0xffffffff), end: cursor.uint(0xffffffff) });
+    cursor.finish();
+    const to = s.data.store.shardSpanEnd(from, DROP_SLOTS_PER_CALL);
+    const dropped = s.data.dropRanges(new HashIntervals(ranges).clip(from, to));
+    const done = to === 0xffffffff;
+    return array([int(done ? 1 : 0), int(done ? 0 : to + 1), int(dropped)]);
   },
 
   import(s, args) {

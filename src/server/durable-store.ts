@@ -6,6 +6,7 @@
 // or for a read, the pending group that last wrote what was read. The server holds the reply
 // until that epoch is durable (ClientConnection.dependsOn).
 import { KeyState, type ShardedStore } from './store.js';
+import { HashIntervals } from './hash-intervals.js';
 import { RecordType } from './wal-format.js';
 import type { WriteAheadLog } from './wal.js';
 
@@ -30,6 +31,9 @@ export class DurableStore {
         return;
       case RecordType.ClearTombstones:
         store.clearTombstones();
+        return;
+      case RecordType.DropRanges:
+        store.dropHashes(HashIntervals.decode(value));
         return;
       case RecordType.Commit:
         return;
@@ -105,6 +109,18 @@ export class DurableStore {
     }
     this.depend(epoch);
     return true;
+  }
+
+  /**
+   * Delete every live value in `ranges` (tombstones stay), with one WAL record however many
+   * keys that is: a source dropping the ranges it moved away. Returns how many were deleted.
+   */
+  dropRanges(ranges: HashIntervals): number {
+    if (ranges.count === 0) return 0;
+    const epoch = this.wal.append(RecordType.DropRanges, null, ranges.encode());
+    const dropped = this.store.dropHashes(ranges, epoch);
+    this.depend(epoch);
+    return dropped;
   }
 
   /** Forget all tombstones (not undoable: the move they guarded is over). */

@@ -19,6 +19,7 @@
 // Tombstones (a key deleted while a range migrates in; see docs/rebalancing.md) are entries
 // with the TOMB flag and no value.
 import { hashBytes } from '../common/hash.js';
+import { Block, type HashIntervals } from './hash-intervals.js';
 
 const HEADER = 12;
 const DEAD = 0x80000000;
@@ -516,6 +517,50 @@ export class ShardedStore {
     this.undoOld.push(old);
     this.undoNew.push(fresh);
     if (fresh >= 0) shard.dirty.set(fresh, epoch);
+  }
+
+  /**
+   * Delete every live value whose hash `ranges` holds (tombstones stay): a source's copies of
+   * the ranges it moved away (DROPRANGE). Only the shards the ranges overlap are visited, by
+   * their indexes' cached hashes, so the arena is touched only for what is deleted. Undoable
+   * like delete() when `epoch` is given. Returns how many values were deleted.
+   */
+  dropHashes(ranges: Pick<HashIntervals, 'bounds' | 'has' | 'blocks'>, epoch = 0): number {
+    const bounds = ranges.bounds;
+    if (bounds === undefined) return 0;
+    const blocks = ranges.blocks();
+    const last = this.shift === 32 ? 0 : bounds[1] >>> this.shift;
+    let dropped = 0;
+    for (let i = this.shift === 32 ? 0 : bounds[0] >>> this.shift; i <= last; i++) {
+      const shard = this.shards[i]!;
+      const { slots, hashes } = shard;
+      for (let slot = 0; slot < slots.length; slot++) {
+        const s = slots[slot]!;
+        if (s <= 0) continue;
+        const hash = hashes[slot]! >>> 0;
+        const block = blocks[hash >>> 16];
+        if (block === Block.None || (block === Block.Some && !ranges.has(hash)) || shard.isTomb(s - 1)) continue;
+        this.retire(shard, s - 1);
+        shard.unplace(slot);
+        if (epoch > 0) this.remember(epoch, shard, s - 1, -1);
+        dropped++;
+      }
+    }
+    if (dropped > 0 && epoch > this.deleteEpoch) this.deleteEpoch = epoch;
+    return dropped;
+  }
+
+  /**
+   * Where a walk over the hashes from `from` on should stop so that it visits about `budget`
+   * index slots: the last hash of the last whole shard it takes (at least one shard; 0xffffffff
+   * at the end). Shards hold contiguous hash ranges (the top bits pick the shard).
+   */
+  shardSpanEnd(from: number, budget: number): number {
+    if (this.shift === 32) return 0xffffffff;
+    let i = from >>> this.shift;
+    let slots = this.shards[i]!.slots.length;
+    while (i + 1 < this.shards.length && slots + this.shards[i + 1]!.slots.length <= budget) slots += this.shards[++i]!.slots.length;
+    return i + 1 === this.shards.length ? 0xffffffff : ((i + 1) * 2 ** this.shift - 1) >>> 0;
   }
 
   /** Forget every tombstone (not undoable: the move they guarded is over). */

@@ -25,11 +25,16 @@ export enum RecordType {
   Tombstone = 3,
   /** Forget all tombstones (a migration finished). */
   ClearTombstones = 4,
+  /**
+   * Delete every live value whose ring hash is in the value's intervals (HashIntervals.encode:
+   * u32le lo, u32le hi, ...): a source's copies of the ranges it moved away (DROPRANGE).
+   */
+  DropRanges = 5,
   /** End of a group commit. */
   Commit = 0x7f,
 }
 
-const KNOWN = new Set<number>([RecordType.Set, RecordType.Delete, RecordType.Tombstone, RecordType.ClearTombstones, RecordType.Commit]);
+const KNOWN = new Set<number>([RecordType.Set, RecordType.Delete, RecordType.Tombstone, RecordType.ClearTombstones, RecordType.DropRanges, RecordType.Commit]);
 
 /** A growable buffer of encoded records for one group commit. */
 export class RecordBatch {

@@ -332,3 +332,17 @@ describe.each(TARGETS)('%s under hostile input', (name) => {
     await expectAlive(small);
   });
 });
+
+describe('kv-server: the commands that move data', () => {
+  it('RANGEDUMP and DROPRANGE with malformed arguments get ERR and change nothing', async () => {
+    const { main } = target('kv-server');
+    const c = await RawConnection.connect(main.port);
+    expect(await c.ask('SET hostile:moving kept')).toEqual(['OK']);
+    const bad = ['DROPRANGE', 'DROPRANGE x 0 0', 'DROPRANGE 0 0', 'DROPRANGE 0 1 2 3', 'DROPRANGE 4294967296 0 0', 'DROPRANGE 0 -1 5', 'DROPRANGE 0 0 99999999999', 'RANGEDUMP t', 'RANGEDUMP t x', 'RANGEDUMP t 10 0 0', 'RANGEDUMP t 10 0 0 5000'];
+    const replies = await c.ask(...bad);
+    replies.forEach((reply, i) => expect(reply, bad[i]).toMatch(/^ERR /));
+    expect(await c.ask('GET hostile:moving', 'DBSIZE')).toEqual(['VALUE kept', expect.stringMatching(/^\d+$/)]);
+    c.destroy();
+    await expectAlive(main);
+  });
+});

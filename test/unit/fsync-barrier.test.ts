@@ -137,7 +137,7 @@ describe('fsync always barrier', () => {
     await writer.expectNext('OK\n');
     // Whole ring, one target, in RESP so the reply's framing is exact: [done, scanned, keys, ...].
     const dump = (token: string): string => ['RANGEDUMP', token, '10', '0', '4294967295', '0'].reduce((out, a) => `${out}$${a.length}\r\n${a}\r\n`, '*6\r\n');
-    const batch = (keys: number): string => `*5\r\n:1\r\n:${keys}\r\n:${keys}\r\n`;
+    const batch = (keys: number): string => `*4\r\n:1\r\n:${keys}\r\n:${keys}\r\n`;
     const first = await RawSocket.connect(server.port);
     first.write(dump('t1'));
     await first.expectNext(batch(1), 5000);
@@ -151,6 +151,25 @@ describe('fsync always barrier', () => {
     gate.release();
     await second.expectNext(batch(2), 5000);
     await writer.expectNext('OK\n');
+  });
+
+  it('holds a DROPRANGE reply until its record is durable, and a GET of a dropped key until then too', async () => {
+    const server = await start('always');
+    const writer = await RawSocket.connect(server.port);
+    writer.write('SET gone v1\n');
+    await writer.expectNext('OK\n');
+    gate.holding = true;
+    const dropper = await RawSocket.connect(server.port);
+    // The whole ring from hash 0 on; with the default 16 small shards one call covers them all.
+    dropper.write(['DROPRANGE', '0', '0', '0'].reduce((out, a) => `${out}$${a.length}\r\n${a}\r\n`, '*4\r\n'));
+    await heldSyncs(1);
+    const reader = await RawSocket.connect(server.port);
+    reader.write('GET gone\n');
+    await dropper.expectSilence('a DROPRANGE whose record is not durable', 200);
+    await reader.expectSilence('GET of a key dropped by a record that is not durable', 0);
+    gate.release();
+    await dropper.expectNext('*3\r\n:1\r\n:0\r\n:1\r\n', 5000);
+    await reader.expectNext('NOT_FOUND\n');
   });
 
   it.each(['everysec', 'no'] as const)('with --fsync %s, replies without waiting for fdatasync', async (policy) => {

@@ -1,107 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import fc from 'fast-check';
-import { encodeDumpFrames, HashIntervals, RangeDumps } from '../../src/server/range-dump.js';
+import { encodeDumpFrames, RangeDumps } from '../../src/server/range-dump.js';
 import { Decode, RequestDecoder } from '../../src/common/protocol/request-decoder.js';
 import { ShardedStore } from '../../src/server/store.js';
 import { HashRing, inRange, type HashRange } from '../../src/common/ring.js';
 import { hashBytes } from '../../src/common/hash.js';
 import { seededBytes } from './chunking.js';
 
-const TOP = 0xffffffff;
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
-
-describe('HashIntervals', () => {
-  it('a plain range is (start, end]', () => {
-    const iv = new HashIntervals([{ start: 10, end: 20 }]);
-    expect([9, 10, 11, 20, 21].map((h) => iv.has(h))).toEqual([false, false, true, true, false]);
-  });
-
-  it('start === end is the whole ring', () => {
-    const iv = new HashIntervals([{ start: 1234, end: 1234 }]);
-    for (const h of [0, 1233, 1234, 1235, TOP]) expect(iv.has(h)).toBe(true);
-  });
-
-  it('a wrapping range covers the top of the ring and the bottom', () => {
-    const iv = new HashIntervals([{ start: TOP - 5, end: 3 }]);
-    expect([TOP - 6, TOP - 5, TOP - 4, TOP, 0, 3, 4].map((h) => iv.has(h))).toEqual([false, false, true, true, true, true, false]);
-  });
-
-  it('a range starting at the very top wraps to just the bottom', () => {
-    const iv = new HashIntervals([{ start: TOP, end: 3 }]);
-    expect([TOP - 1, TOP, 0, 3, 4].map((h) => iv.has(h))).toEqual([false, false, true, true, false]);
-  });
-
-  it('a range ending at the very top', () => {
-    const iv = new HashIntervals([{ start: TOP - 2, end: TOP }]);
-    expect([TOP - 2, TOP - 1, TOP, 0].map((h) => iv.has(h))).toEqual([false, true, true, false]);
-  });
-
-  it('overlapping and adjacent ranges merge; gaps stay out', () => {
-    const iv = new HashIntervals([{ start: 20, end: 30 }, { start: 0, end: 10 }, { start: 5, end: 20 }, { start: 40, end: 50 }]);
-    for (let h = 0; h <= 60; h++) expect(iv.has(h), `hash ${h}`).toBe((h >= 1 && h <= 30) || (h >= 41 && h <= 50));
-  });
-
-  it('no ranges: nothing is in', () => {
-    const iv = new HashIntervals([]);
-    for (const h of [0, 1, TOP]) expect(iv.has(h)).toBe(false);
-  });
-
-  it('agrees with inRange for arbitrary range sets', () => {
-    const hash = fc.integer({ min: 0, max: TOP });
-    const range = fc.record({ start: hash, end: hash });
-    fc.assert(
-      fc.property(fc.array(range, { maxLength: 6 }), fc.array(hash, { maxLength: 40 }), (ranges, hashes) => {
-        const iv = new HashIntervals(ranges);
-        const edges = ranges.flatMap((r) => [r.start, r.end, (r.start + 1) % 2 ** 32, (r.end + 1) % 2 ** 32]);
-        for (const h of [...hashes, ...edges, 0, TOP]) {
-          expect(iv.has(h), `hash ${h} in ${JSON.stringify(ranges)}`).toBe(ranges.some((r) => inRange(h, r)));
-        }
-      }),
-      { numRuns: 300 },
-    );
-  });
-
-  it('agrees with a ring: a member’s ranges hold exactly the hashes it owns', () => {
-    const ring = new HashRing(['127.0.0.1:8081', '127.0.0.1:8082', '127.0.0.1:8083'], 64);
-    for (const member of ring.members) {
-      const iv = new HashIntervals(ring.rangesOf(member));
-      for (let i = 0; i < 3000; i++) {
-        const h = hashBytes(Buffer.from(`key:${i}`));
-        if (iv.has(h) !== (ring.ownerOfHash(h) === member)) throw new Error(`hash ${h}: ${member}`);
-      }
-      expect(iv.has(0)).toBe(ring.ownerOfHash(0) === member);
-      expect(iv.has(TOP)).toBe(ring.ownerOfHash(TOP) === member);
-    }
-  });
-});
-
-describe('HashIntervals with targets', () => {
-  it('find() gives the target label of the range holding a hash, -1 outside', () => {
-    const iv = new HashIntervals([
-      { start: 0, end: 10, target: 2 },
-      { start: 10, end: 20, target: 0 },
-      { start: 20, end: 30, target: 2 },
-      { start: TOP - 5, end: 3, target: 1 },
-    ]);
-    expect(iv.labels).toBe(3);
-    const expected = (h: number): number => (h <= 3 || h > TOP - 5 ? 1 : h <= 10 ? 2 : h <= 20 ? 0 : h <= 30 ? 2 : -1);
-    for (const h of [0, 3, 4, 10, 11, 20, 21, 30, 31, TOP - 5, TOP - 4, TOP]) expect(iv.find(h), `hash ${h}`).toBe(expected(h));
-  });
-
-  it('agrees with the new ring: every hash moving off a source is labelled with its new owner', () => {
-    const before = new HashRing(['127.0.0.1:8081', '127.0.0.1:8082', '127.0.0.1:8083', '127.0.0.1:8084'], 64);
-    const after = new HashRing(['127.0.0.1:8082', '127.0.0.1:8083', '127.0.0.1:8084'], 64);
-    const moved = before.movedTo(after).filter((r) => r.from === '127.0.0.1:8081');
-    const targets = [...new Set(moved.map((r) => r.to))];
-    expect(targets.length).toBe(3);
-    const iv = new HashIntervals(moved.map((r) => ({ ...r, target: targets.indexOf(r.to) })));
-    for (let i = 0; i < 5000; i++) {
-      const h = hashBytes(Buffer.from(`key:${i}`));
-      const want = before.ownerOfHash(h) === '127.0.0.1:8081' ? targets.indexOf(after.ownerOfHash(h)!) : -1;
-      if (iv.find(h) !== want) throw new Error(`hash ${h}: label ${iv.find(h)}, expected ${want}`);
-    }
-  });
-});
 
 /** Decode one RESP request into latin1 strings. */
 function decodeRequest(bytes: Buffer): string[] {
@@ -114,23 +19,21 @@ function decodeRequest(bytes: Buffer): string[] {
 }
 
 describe('encodeDumpFrames', () => {
-  it('one DEL of every key, and per target an IMPORT of exactly its keys, binary-safe', () => {
+  it('per target an IMPORT of exactly its keys, binary-safe', () => {
     const keys = [b('a'), b('bb'), b('\r\n$3\r\n'), Buffer.from([0, 255, 13, 10]), b('e')];
     const values = [b('1'), b(''), b('x\r\ny'), Buffer.alloc(300, 7), b('*2\r\n')];
     const labels = [1, 0, 1, 1, 0];
-    const frames = encodeDumpFrames({ targets: 3, keys, values, labels });
+    const imports = encodeDumpFrames({ targets: 3, keys, values, labels });
     const str = (x: Buffer): string => x.toString('latin1');
-    expect(decodeRequest(frames.del)).toEqual(['DEL', ...keys.map(str)]);
-    expect(frames.imports).toHaveLength(3);
-    expect(decodeRequest(frames.imports[0]!)).toEqual(['IMPORT', 'bb', '', 'e', '*2\r\n']);
-    expect(decodeRequest(frames.imports[1]!)).toEqual(['IMPORT', 'a', '1', str(keys[2]!), 'x\r\ny', str(keys[3]!), str(values[3]!)]);
-    expect(frames.imports[2]!.length, 'a target with no key gets nothing to send').toBe(0);
+    expect(imports).toHaveLength(3);
+    expect(decodeRequest(imports[0]!)).toEqual(['IMPORT', 'bb', '', 'e', '*2\r\n']);
+    expect(decodeRequest(imports[1]!)).toEqual(['IMPORT', 'a', '1', str(keys[2]!), 'x\r\ny', str(keys[3]!), str(values[3]!)]);
+    expect(imports[2]!.length, 'a target with no key gets nothing to send').toBe(0);
   });
 
   it('an empty batch encodes to nothing at all', () => {
-    const frames = encodeDumpFrames({ targets: 2, keys: [], values: [], labels: [] });
-    expect(frames.del.length).toBe(0);
-    expect(frames.imports.map((f) => f.length)).toEqual([0, 0]);
+    const imports = encodeDumpFrames({ targets: 2, keys: [], values: [], labels: [] });
+    expect(imports.map((f) => f.length)).toEqual([0, 0]);
   });
 });
 

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { KeyState, ShardedStore } from '../../src/server/store.js';
+import { HashIntervals } from '../../src/server/hash-intervals.js';
+import { hashBytes } from '../../src/common/hash.js';
 import { seededBytes } from './chunking.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
@@ -301,5 +303,61 @@ describe('ShardedStore shards', () => {
     expect(store.size).toBe(0);
     key.writeUInt32LE(0);
     expect(store.has(key)).toBe(false);
+  });
+});
+
+describe('ShardedStore.dropHashes (DROPRANGE)', () => {
+  const TOP = 0xffffffff;
+
+  /** A store of `n` keys plus a few tombstones, with `shards` shards. */
+  function filled(n: number, shards: number): ShardedStore {
+    const store = new ShardedStore(shards);
+    for (let i = 0; i < n; i++) store.set(b(`key:${i}`), b(`value:${i}`));
+    for (let i = 0; i < 40; i++) store.tombstone(b(`tomb:${i}`));
+    return store;
+  }
+
+  it.each([1, 4, 16])('walked in calls of a few shards, drops exactly the live values in the ranges (%i shards)', (shards) => {
+    const ranges = new HashIntervals([{ start: 100, end: 0x40000000 }, { start: 0xa0000000, end: 0xa8000000 }, { start: 0xf0000000, end: 5 }]);
+    const store = filled(5000, shards);
+    const before = contents(store);
+    const tombs = [...Array(40).keys()].map((i) => `tomb:${i}`);
+    const expected = new Map([...before].filter(([k]) => !ranges.has(hashBytes(b(k)))));
+    let dropped = 0;
+    let calls = 0;
+    for (let from = 0; ; calls++) {
+      const to = store.shardSpanEnd(from, 1);
+      expect(to).toBeGreaterThanOrEqual(from);
+      dropped += store.dropHashes(ranges.clip(from, to));
+      if (to === TOP) break;
+      from = to + 1;
+    }
+    expect(calls, 'a small budget takes one shard per call').toBe(shards - 1);
+    expect(contents(store)).toEqual(expected);
+    expect(dropped).toBe(before.size - expected.size);
+    expect(store.size).toBe(expected.size);
+    expect(tombs.filter((k) => store.isTombstoned(b(k))), 'tombstones are not values: they stay').toEqual(tombs);
+    // A second pass finds nothing left to drop.
+    expect(store.dropHashes(ranges)).toBe(0);
+  });
+
+  it('a budget larger than the store takes every shard in one call', () => {
+    const store = filled(1000, 16);
+    expect(store.shardSpanEnd(0, 1 << 30)).toBe(TOP);
+    expect(store.shardSpanEnd(0x12345678, 1 << 30)).toBe(TOP);
+    expect(store.shardSpanEnd(0x12345678, 1)).toBe(0x1fffffff); // the shard holding it, whole
+  });
+
+  it('undone with its epoch like any delete, and readers of a dropped key wait for that epoch', () => {
+    const store = filled(2000, 8);
+    const before = contents(store);
+    const ranges = new HashIntervals([{ start: 0, end: 0x80000000 }]);
+    const dropped = store.dropHashes(ranges, 7);
+    expect(dropped).toBeGreaterThan(500);
+    const gone = [...before.keys()].find((k) => ranges.has(hashBytes(b(k))))!;
+    expect(store.get(b(gone))).toBeUndefined();
+    expect(store.readDependency).toBe(7);
+    expect(store.rollBack(7)).toBe(dropped);
+    expect(contents(store)).toEqual(before);
   });
 });

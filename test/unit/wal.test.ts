@@ -8,6 +8,8 @@ import { WalCorruptionError, WriteAheadLog, estimateLog, scanLog, type ReplaySta
 import { repairLog } from '../../src/server/wal-repair.js';
 import { DurableStore } from '../../src/server/durable-store.js';
 import { ShardedStore } from '../../src/server/store.js';
+import { HashIntervals } from '../../src/server/hash-intervals.js';
+import { hashBytes } from '../../src/common/hash.js';
 import { seededBytes } from './chunking.js';
 
 type Rec = [RecordType, string, string];
@@ -764,6 +766,38 @@ describe('DurableStore', () => {
 
     const third = openDurable();
     expect(snapshot(third.ds.store, ['a', 'b', 'ghost', 'fresh'])).toEqual({ values: before.values, tombstoned: [] });
+  });
+
+  it('dropRanges is one record, however many keys it drops, and a reopen replays it', async () => {
+    const first = openDurable();
+    const { ds, wal } = first;
+    for (let i = 0; i < 500; i++) ds.set(b(`key:${i}`), b(`value:${i}`));
+    ds.tombstone(b('tomb'));
+    await wal.drain();
+    const ranges = new HashIntervals([{ start: 0x10000000, end: 0x90000000 }]);
+    const kept = snapshot(ds.store, ['tomb']).values;
+    for (const k of [...kept.keys()]) if (ranges.has(hashBytes(b(k)))) kept.delete(k);
+    const epoch = wal.lastEpoch;
+    const dropped = ds.dropRanges(ranges);
+    expect(dropped).toBe(500 - kept.size);
+    expect(dropped).toBeGreaterThan(100);
+    expect(wal.lastEpoch, 'one new group').toBe(epoch + 1);
+    expect(ds.dropRanges(new HashIntervals([])), 'no ranges: nothing logged').toBe(0);
+    await wal.drain();
+    const after = snapshot(ds.store, ['tomb']);
+    expect(after).toEqual({ values: kept, tombstoned: ['tomb'] });
+    await close(wal);
+
+    const second = openDurable();
+    expect(snapshot(second.ds.store, ['tomb'])).toEqual(after);
+    // New values in the dropped ranges after the drop are not dropped again by the replay.
+    const back = [...Array(500).keys()].map((i) => `key:${i}`).find((k) => ranges.has(hashBytes(b(k))))!;
+    second.ds.set(b(back), b('written after the drop'));
+    await second.wal.drain();
+    await close(second.wal);
+    const third = openDurable();
+    expect(third.ds.store.get(b(back))?.toString('latin1')).toBe('written after the drop');
+    expect(third.ds.store.size).toBe(kept.size + 1);
   });
 
   it('a delete of an absent key appends nothing', async () => {
