@@ -3,7 +3,7 @@
 //   file   := MAGIC record* zero*
 //   record := crc32:u32le  type:u8  keyLen:u32le  valueLen:u32le  key  value
 //
-// crc32 (zlib.crc32) covers everything after the crc field. Keys and values are raw bytes.
+// crc32 (zlib's CRC-32, see crc32.ts) covers everything after the crc field. Keys and values are raw bytes.
 // The zeros at the end are space written ahead of the log (preallocated, so that a group's
 // fdatasync overwrites blocks instead of growing the file). No record has type 0, so the log
 // ends at the first header of zero bytes, and everything after it must be zeros too.
@@ -11,7 +11,7 @@
 // group whose fsync never finished, so replay drops them: that is how a torn tail is told
 // apart from corruption in the middle (a damaged group followed by a complete later group can
 // only mean the disk changed under us, since group N+1 is written only after N is synced).
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 
 export const MAGIC = Buffer.from('KVWAL01\n', 'latin1');
 export const RECORD_HEADER = 13;
@@ -64,7 +64,7 @@ export class RecordBatch {
     buf.writeUInt32LE(valueLen, at + 9);
     if (key !== null) buf.set(key, at + RECORD_HEADER);
     if (value !== null) buf.set(value, at + RECORD_HEADER + keyLen);
-    buf.writeUInt32LE(crc32(buf.subarray(at + 4, at + size)), at);
+    buf.writeUInt32LE(crc32(buf, at + 4, at + size), at);
     this.length += size;
     this.records++;
   }
@@ -126,7 +126,7 @@ export function parseRecord(buf: Buffer, at: number, end: number, out: ParsedRec
   if (!KNOWN.has(type) || keyLen > MAX_FIELD || valueLen > MAX_FIELD) return Parse.Bad;
   const size = RECORD_HEADER + keyLen + valueLen;
   if (end - at < size) return Parse.Short;
-  if (crc32(buf.subarray(at + 4, at + size)) !== buf.readUInt32LE(at)) return Parse.Bad;
+  if (crc32(buf, at + 4, at + size) !== buf.readUInt32LE(at)) return Parse.Bad;
   out.type = type;
   out.keyStart = at + RECORD_HEADER;
   out.keyLen = keyLen;
