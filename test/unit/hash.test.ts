@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import XXH from 'xxhashjs';
-import { hashBytes, hashLatin1, hashString } from '../../src/common/hash.js';
+import { hashBytes, hashString } from '../../src/common/hash.js';
 import { seededBytes } from './chunking.js';
 
 /** The reference: a pure-JS xxHash32, independent of the wasm build we ship. */
@@ -51,7 +51,7 @@ describe('hashBytes matches the xxhashjs reference (xxHash32, seed 0)', () => {
   });
 });
 
-describe('hashString and hashLatin1 agree with hashBytes on the same bytes', () => {
+describe('hashString agrees with hashBytes on the same bytes', () => {
   const texts = ['', 'a', 'key:1', '127.0.0.1:8081#0', '10.0.0.1:7004#1023', 'héllo wörld', '日本語のキー', 'emoji 🎉', 'x'.repeat(1000)];
 
   it('hashString hashes the UTF-8 bytes', () => {
@@ -59,25 +59,5 @@ describe('hashString and hashLatin1 agree with hashBytes on the same bytes', () 
       expect(hashString(t), JSON.stringify(t)).toBe(hashBytes(Buffer.from(t, 'utf8')));
       expect(hashString(t)).toBe(reference(Buffer.from(t, 'utf8')));
     }
-  });
-
-  it('hashLatin1 of a latin1 string equals hashBytes of the original bytes', () => {
-    for (let seed = 0; seed < 200; seed++) {
-      const bytes = seededBytes(seed + 5, seed % 70);
-      expect(hashLatin1(bytes.toString('latin1')), `seed ${seed}`).toBe(hashBytes(bytes));
-    }
-    for (const t of texts.filter((s) => /^[\x00-\xff]*$/.test(s))) {
-      expect(hashLatin1(t)).toBe(hashBytes(Buffer.from(t, 'latin1')));
-    }
-  });
-
-  it('hashLatin1 handles keys longer than its scratch buffer, and short keys after that', () => {
-    const long = seededBytes(9, 10_000);
-    expect(hashLatin1(long.toString('latin1'))).toBe(reference(long));
-    const longer = seededBytes(10, 50_000);
-    expect(hashLatin1(longer.toString('latin1'))).toBe(reference(longer));
-    const short = Buffer.from('abc');
-    expect(hashLatin1('abc')).toBe(reference(short));
-    expect(hashLatin1('')).toBe(reference(Buffer.alloc(0)));
   });
 });
