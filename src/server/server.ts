@@ -3,6 +3,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { ShardedStore } from './store.js';
 import { DurableStore } from './durable-store.js';
+import { Prefaulter } from './prefault.js';
 import { DEFAULT_PREALLOCATE, estimateLog, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
 import { SERVER_COMMANDS } from './commands.js';
@@ -187,15 +188,17 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   const data = new DurableStore(new ShardedStore(options.shards ?? 16));
   const state = new ServerState(data, log, listener, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
   let opened;
+  const prefault = new Prefaulter();
   try {
     // The log's size bounds what the replay will hold: size the arenas and the indexes once
     // (the record count estimated from the log's first MiB), trim afterwards.
     if (fs.existsSync(walFile)) {
       const estimate = estimateLog(walFile);
-      data.store.reserve(estimate.bytes);
+      data.store.reserve(estimate.bytes, prefault.allocate);
       // Capped: a misleading first MiB must not make a huge index; beyond this it grows as usual.
       data.store.expectEntries(Math.min(estimate.records, MAX_PRESIZED_KEYS));
     }
+    void prefault.start();
     opened = WriteAheadLog.open(walFile, {
       fsync: options.fsync ?? 'always',
       syncWrites: options.walSyncWrites ?? true,
@@ -222,6 +225,8 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   } catch (err) {
     await listener.stop();
     throw err;
+  } finally {
+    prefault.close();
   }
   data.wal = opened.wal;
   data.store.trim();

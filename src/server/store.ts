@@ -238,10 +238,10 @@ class Shard {
     return off;
   }
 
-  /** Make room for `bytes` more without growing (e.g. before a replay). */
-  reserve(bytes: number): void {
+  /** Make room for `bytes` more without growing (e.g. before a replay), in memory from `allocate`. */
+  reserve(bytes: number, allocate: (size: number) => Buffer = Buffer.allocUnsafe): void {
     if (this.arena.length - this.used >= bytes) return;
-    const bigger = Buffer.allocUnsafe(this.used + bytes);
+    const bigger = allocate(this.used + bytes);
     this.arena.copy(bigger, 0, 0, this.used);
     this.arena = bigger;
     this.grown++;
@@ -676,10 +676,11 @@ export class ShardedStore {
   /**
    * Before a bulk load of about `bytes` of entries (a replay: the WAL's size is an upper bound),
    * size the arenas once instead of growing them step by step; trim() gives back what is unused.
+   * `allocate` makes the arenas (a Prefaulter's, so another thread can touch their pages first).
    */
-  reserve(bytes: number): void {
+  reserve(bytes: number, allocate?: (size: number) => Buffer): void {
     const each = Math.ceil((bytes * 1.05) / this.shards.length);
-    for (const shard of this.shards) shard.reserve(each);
+    for (const shard of this.shards) shard.reserve(each, allocate);
   }
 
   /**
