@@ -10,6 +10,8 @@
 // The touch is Atomics.add(+0) on the page's first word: an atomic read-modify-write that never
 // changes a value, so it is harmless even if the replay has already written that word. It is
 // best effort: if the worker cannot start, or is slow, the replay faults the pages itself.
+// It maps little that the replay would not: a replay appends every SET it reads (dead entries
+// are compacted only later), so the arenas, sized from the log's bytes, end up about full.
 import { Worker } from 'node:worker_threads';
 
 /** Below this much arena memory the worker's start-up (~20-40 ms) costs more than it saves. */
