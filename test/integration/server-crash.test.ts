@@ -2,7 +2,7 @@
 // torn tail left by an interrupted append is cut back at boot instead of stopping the server.
 import fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanup, crash, dbsize, restart, SetStream, startServer, tempDir, TextClient, waitFor, walBytes, walPath, wrongValues } from './harness.js';
+import { ask, cleanup, crash, dbsize, restart, SetStream, startServer, tempDir, TextClient, waitFor, walBytes, walPath, wrongValues } from './harness.js';
 
 afterEach(cleanup);
 
@@ -37,6 +37,39 @@ describe('kv-server crash', () => {
     const size = await dbsize(server.port);
     expect(size).toBeGreaterThanOrEqual(expected.size);
     expect(size).toBeLessThanOrEqual(stream.sent);
+  });
+
+  it('restarts from a log big enough for the prefault thread (over 16 MiB) with every key, and keeps serving writes, deletes and a rewrite after it', { timeout: 120_000 }, async () => {
+    const server = await startServer({ dir: tempDir('big-restart') });
+    const keys = 45_000;
+    const value = (i: number): string => `v${i}-`.padEnd(400, String.fromCharCode(97 + (i % 26)));
+    const stream = new SetStream(server.port, { prefix: 'big:', value, window: 512, limit: keys });
+    await stream.closed;
+    expect(stream.failures).toEqual([]);
+    expect(stream.acked.length).toBe(keys);
+    expect(await walBytes(server.port), 'a log whose arenas take more than 16 MiB').toBeGreaterThan(17 * 1024 * 1024);
+    await crash(server);
+
+    const again = await restart(server);
+    const expected = new Map(Array.from({ length: keys }, (_, i) => [`big:${i}`, value(i)]));
+    expect(await dbsize(again.port)).toBe(keys);
+    expect(await mismatches(again.port, expected)).toEqual([]);
+
+    // The restarted store (arenas in shared memory) takes new writes, deletes and a rewrite.
+    const client = await TextClient.connect(again.port);
+    const changes = Array.from({ length: 2000 }, (_, i) => (i % 2 === 0 ? `SET big:${i} changed ${i}` : `DEL big:${i}`));
+    expect(new Set(await client.pipeline(changes))).toEqual(new Set(['OK', 'DELETED']));
+    for (let i = 0; i < 2000; i++) {
+      if (i % 2 === 0) expected.set(`big:${i}`, `changed ${i}`);
+      else expected.delete(`big:${i}`);
+    }
+    expect(await client.send('BGREWRITEAOF')).toMatch(/rewriting started/);
+    await waitFor('the rewrite to finish', 60_000, async () => (/^wal_rewrite_in_progress:0$/m.test(await ask(again.port, 'INFO persistence')) ? true : undefined));
+    client.close();
+    await crash(again);
+    const third = await restart(again);
+    expect(await dbsize(third.port)).toBe(expected.size);
+    expect(await mismatches(third.port, expected)).toEqual([]);
   });
 
   const tails: [string, Buffer][] = [
