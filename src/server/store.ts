@@ -372,8 +372,13 @@ export class ShardedStore {
     return n;
   }
 
+  /** The index of the shard that holds `hash`: its top bits (`>>> 32` would be a no-op in JS). */
+  private shardIndex(hash: number): number {
+    return this.shift === 32 ? 0 : hash >>> this.shift;
+  }
+
   private shardOf(hash: number): Shard {
-    return this.shift === 32 ? this.shards[0]! : this.shards[hash >>> this.shift]!;
+    return this.shards[this.shardIndex(hash)]!;
   }
 
   // --- reads -------------------------------------------------------------------------------
@@ -529,9 +534,9 @@ export class ShardedStore {
     const bounds = ranges.bounds;
     if (bounds === undefined) return 0;
     const blocks = ranges.blocks();
-    const last = this.shift === 32 ? 0 : bounds[1] >>> this.shift;
+    const last = this.shardIndex(bounds[1]);
     let dropped = 0;
-    for (let i = this.shift === 32 ? 0 : bounds[0] >>> this.shift; i <= last; i++) {
+    for (let i = this.shardIndex(bounds[0]); i <= last; i++) {
       const shard = this.shards[i]!;
       const { slots, hashes } = shard;
       for (let slot = 0; slot < slots.length; slot++) {
@@ -556,8 +561,7 @@ export class ShardedStore {
    * at the end). Shards hold contiguous hash ranges (the top bits pick the shard).
    */
   shardSpanEnd(from: number, budget: number): number {
-    if (this.shift === 32) return 0xffffffff;
-    let i = from >>> this.shift;
+    let i = this.shardIndex(from);
     let slots = this.shards[i]!.slots.length;
     while (i + 1 < this.shards.length && slots + this.shards[i + 1]!.slots.length <= budget) slots += this.shards[++i]!.slots.length;
     return i + 1 === this.shards.length ? 0xffffffff : ((i + 1) * 2 ** this.shift - 1) >>> 0;
