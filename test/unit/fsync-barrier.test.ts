@@ -20,6 +20,7 @@ import {
   startOnImage,
   waitUntil,
 } from '../integration/support-durability.js';
+import { resp } from '../integration/support-robustness.js';
 
 type SyncCallback = (err: NodeJS.ErrnoException | null) => void;
 
@@ -136,7 +137,7 @@ describe('fsync always barrier', () => {
     writer.write('SET calm v1\n');
     await writer.expectNext('OK\n');
     // Whole ring, one target, in RESP so the reply's framing is exact: [done, scanned, keys, ...].
-    const dump = (token: string): string => ['RANGEDUMP', token, '10', '0', '4294967295', '0'].reduce((out, a) => `${out}$${a.length}\r\n${a}\r\n`, '*6\r\n');
+    const dump = (token: string): string => resp('RANGEDUMP', token, '10', '0', '4294967295', '0').toString('latin1');
     const batch = (keys: number): string => `*4\r\n:1\r\n:${keys}\r\n:${keys}\r\n`;
     const first = await RawSocket.connect(server.port);
     first.write(dump('t1'));
@@ -161,7 +162,7 @@ describe('fsync always barrier', () => {
     gate.holding = true;
     const dropper = await RawSocket.connect(server.port);
     // The whole ring from hash 0 on; with the default 16 small shards one call covers them all.
-    dropper.write(['DROPRANGE', '0', '0', '0'].reduce((out, a) => `${out}$${a.length}\r\n${a}\r\n`, '*4\r\n'));
+    dropper.write(resp('DROPRANGE', '0', '0', '0').toString('latin1'));
     await heldSyncs(1);
     const reader = await RawSocket.connect(server.port);
     reader.write('GET gone\n');
