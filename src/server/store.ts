@@ -31,6 +31,8 @@ const MIN_CAPACITY = 1024;
 const MAX_ARENA = 0x7fffffff - 1;
 /** Compact an arena once its dead bytes exceed this and its live bytes. */
 const COMPACT_MIN_GARBAGE = 1024 * 1024;
+/** undoOld of an undo entry made by dropHashes: its undoNew is then a key of undoDrops. */
+const DROPPED = -2;
 
 /** What a key currently is in the store. */
 export const enum KeyState {
@@ -329,12 +331,17 @@ export class ShardedStore {
   private tombstones = 0;
   /** Key + value bytes of live entries, plus key bytes of tombstones. */
   private liveBytes = 0;
-  // Undo log of changes whose WAL group is not durable yet, oldest first.
+  // Undo log of changes whose WAL group is not durable yet, oldest first: per write, the entry
+  // it replaced (old, -1 if none) and the one it made (new, -1 for a plain delete). A dropHashes
+  // call leaves one entry per shard instead of one per key: old is DROPPED, new an undoDrops id.
   private undoEpoch: number[] = [];
   private undoShard: number[] = [];
   private undoOld: number[] = [];
   private undoNew: number[] = [];
   private undoHead = 0;
+  /** What each dropHashes undo entry removed from its shard, by the id in its undoNew. */
+  private undoDrops = new Map<number, Int32Array>();
+  private nextDropId = 0;
   /** Highest epoch of a delete that is not durable yet (reads of absent keys wait for it). */
   private deleteEpoch = 0;
   private settled = 0;
@@ -524,6 +531,16 @@ export class ShardedStore {
     if (fresh >= 0) shard.dirty.set(fresh, epoch);
   }
 
+  /** One undo entry for every entry a drop removed from `shard` (`offsets`: their arena offsets). */
+  private rememberDrop(epoch: number, shard: Shard, offsets: Int32Array): void {
+    const id = this.nextDropId++;
+    this.undoDrops.set(id, offsets);
+    this.undoEpoch.push(epoch);
+    this.undoShard.push(shard.index);
+    this.undoOld.push(DROPPED);
+    this.undoNew.push(id);
+  }
+
   /**
    * Delete every live value whose hash `ranges` holds (tombstones stay): a source's copies of
    * the ranges it moved away (DROPRANGE). Only the shards the ranges overlap are visited, by
@@ -539,6 +556,10 @@ export class ShardedStore {
     for (let i = this.shardIndex(bounds[0]); i <= last; i++) {
       const shard = this.shards[i]!;
       const { slots, hashes } = shard;
+      // Offsets of what this shard loses, for the undo log: one entry per shard, not per key.
+      // (`filled` counts every used slot, so it bounds the live entries.)
+      const removed = epoch > 0 ? new Int32Array(shard.filled) : undefined;
+      let n = 0;
       for (let slot = 0; slot < slots.length; slot++) {
         const s = slots[slot]!;
         if (s <= 0) continue;
@@ -547,9 +568,11 @@ export class ShardedStore {
         if (block === Block.None || (block === Block.Some && !ranges.has(hash)) || shard.isTomb(s - 1)) continue;
         this.retire(shard, s - 1);
         shard.unplace(slot);
-        if (epoch > 0) this.remember(epoch, shard, s - 1, -1);
-        dropped++;
+        if (removed !== undefined) removed[n] = s - 1;
+        n++;
       }
+      if (n > 0 && removed !== undefined) this.rememberDrop(epoch, shard, removed.subarray(0, n));
+      dropped += n;
     }
     if (dropped > 0 && epoch > this.deleteEpoch) this.deleteEpoch = epoch;
     return dropped;
@@ -592,6 +615,7 @@ export class ShardedStore {
     this.undoOld = [];
     this.undoNew = [];
     this.undoHead = 0;
+    this.undoDrops.clear();
   }
 
   // --- durability ------------------------------------------------------------------------
@@ -603,7 +627,9 @@ export class ShardedStore {
     const n = this.undoEpoch.length;
     while (head < n && this.undoEpoch[head]! <= epoch) {
       const fresh = this.undoNew[head]!;
-      if (fresh >= 0) {
+      if (this.undoOld[head] === DROPPED) {
+        this.undoDrops.delete(fresh);
+      } else if (fresh >= 0) {
         const shard = this.shards[this.undoShard[head]!]!;
         const e = shard.dirty.get(fresh);
         if (e !== undefined && e <= epoch) shard.dirty.delete(fresh);
@@ -616,6 +642,7 @@ export class ShardedStore {
       this.undoOld = [];
       this.undoNew = [];
       this.undoHead = 0;
+      this.undoDrops.clear();
     } else if (head > 1024 && head * 2 > n) {
       // Under constant writes the log is never empty: drop the settled front now and then.
       this.undoEpoch = this.undoEpoch.slice(head);
@@ -637,24 +664,34 @@ export class ShardedStore {
       const shard = this.shards[this.undoShard.pop()!]!;
       const old = this.undoOld.pop()!;
       const fresh = this.undoNew.pop()!;
-      const keyOff = fresh >= 0 ? fresh : old;
-      const key = Buffer.from(shard.key(keyOff));
-      const hash = shard.u32(keyOff);
+      if (old === DROPPED) {
+        const offsets = this.undoDrops.get(fresh)!;
+        this.undoDrops.delete(fresh);
+        for (let i = offsets.length - 1; i >= 0; i--) this.revive(shard, offsets[i]!);
+        undone += offsets.length;
+        continue;
+      }
       // The new entry may already be gone (clearTombstones removed a pending tombstone).
       if (fresh >= 0 && !shard.isDead(fresh)) this.retire(shard, fresh);
       if (fresh >= 0) shard.dirty.delete(fresh);
       if (old >= 0) {
-        shard.setDead(old, false);
-        shard.garbage -= shard.size(old);
-        this.admit(shard, old);
-        shard.place(key, hash, old);
+        this.revive(shard, old);
       } else {
-        const slot = shard.find(key, hash);
+        // The key was new in this group: take it out of the index again.
+        const slot = shard.find(shard.key(fresh), shard.u32(fresh));
         if (slot >= 0) shard.unplace(slot);
       }
       undone++;
     }
     return undone;
+  }
+
+  /** Make the dead entry at `off` its key's live entry again (undoing what replaced or deleted it). */
+  private revive(shard: Shard, off: number): void {
+    shard.setDead(off, false);
+    shard.garbage -= shard.size(off);
+    this.admit(shard, off);
+    shard.place(Buffer.from(shard.key(off)), shard.u32(off), off);
   }
 
   private maybeCompact(): void {
@@ -665,12 +702,21 @@ export class ShardedStore {
       const keep = new Set<number>();
       for (let u = this.undoHead; u < this.undoEpoch.length; u++) {
         if (this.undoShard[u] !== i) continue;
+        if (this.undoOld[u] === DROPPED) {
+          for (const off of this.undoDrops.get(this.undoNew[u]!)!) keep.add(off);
+          continue;
+        }
         if (this.undoOld[u]! >= 0) keep.add(this.undoOld[u]!);
         if (this.undoNew[u]! >= 0) keep.add(this.undoNew[u]!);
       }
       const moved = shard.compact(keep);
       for (let u = this.undoHead; u < this.undoEpoch.length; u++) {
         if (this.undoShard[u] !== i) continue;
+        if (this.undoOld[u] === DROPPED) {
+          const offsets = this.undoDrops.get(this.undoNew[u]!)!;
+          for (let j = 0; j < offsets.length; j++) offsets[j] = moved.get(offsets[j]!)!;
+          continue;
+        }
         if (this.undoOld[u]! >= 0) this.undoOld[u] = moved.get(this.undoOld[u]!)!;
         if (this.undoNew[u]! >= 0) this.undoNew[u] = moved.get(this.undoNew[u]!)!;
       }

@@ -14,6 +14,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { hashBytes } from '../../src/common/hash.js';
 import { KeyState, ShardedStore, type StoreCursor } from '../../src/server/store.js';
+import { HashIntervals } from '../../src/server/hash-intervals.js';
 import { seededBytes } from './chunking.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
@@ -30,6 +31,8 @@ interface Pending {
   key: string;
   prev: Entry | undefined;
   next: Entry | undefined;
+  /** Deleted by a dropHashes call (which the store undoes as one entry per shard). */
+  dropped?: boolean;
 }
 
 type Op =
@@ -39,6 +42,8 @@ type Op =
   | { t: 'delete'; key: Uint8Array }
   | { t: 'tombstone'; key: Uint8Array }
   | { t: 'clearTombstones' }
+  /** dropHashes (DROPRANGE): delete the live values whose hash is in start..end (wrapping). */
+  | { t: 'drop'; start: number; end: number }
   | { t: 'group' }
   | { t: 'settle'; part: number }
   | { t: 'rollBack'; beyond: number }
@@ -90,6 +95,10 @@ class Harness {
   readonly maxGeneration: number[];
   compactions = 0;
   compactionsWithPending = 0;
+  /** dropHashes calls that dropped something, and rollBacks that had to put such a drop back. */
+  drops = 0;
+  rollBacksOfDrops = 0;
+  rollBacksOfDropsAfterCompaction = 0;
   rollBacksAfterCompaction = 0;
   /** RollBacks of pending tombstones that a clearTombstones had removed meanwhile. */
   rollBacksOfClearedTombstones = 0;
@@ -110,8 +119,8 @@ class Harness {
     return [k, buf];
   }
 
-  private record(key: string, prev: Entry | undefined, next: Entry | undefined): void {
-    this.pending.push({ epoch: this.epoch, key, prev, next });
+  private record(key: string, prev: Entry | undefined, next: Entry | undefined, dropped = false): void {
+    this.pending.push({ epoch: this.epoch, key, prev, next, dropped });
   }
 
   apply(op: Op): void {
@@ -181,6 +190,24 @@ class Harness {
         if (this.pending.length === 0) this.snapshot = new Map(this.model);
         break;
       }
+      case 'drop': {
+        const ranges = new HashIntervals([{ start: op.start, end: op.end }]);
+        let expected = 0;
+        for (const [k, e] of [...this.model]) {
+          if (e.value === null || !ranges.has(hashOf(k))) continue;
+          this.model.delete(k);
+          this.record(k, e, undefined, true);
+          this.absentEpoch.set(k, this.epoch);
+          expected++;
+        }
+        const got = store.dropHashes(ranges, this.epoch);
+        if (got !== expected) fail(`dropHashes(${op.start}..${op.end}) dropped ${got}, expected ${expected}`);
+        if (got > 0) {
+          this.deleting.add(this.epoch);
+          this.drops++;
+        }
+        break;
+      }
       case 'group':
         this.epoch++;
         break;
@@ -237,6 +264,10 @@ class Harness {
   rollBackTo(target: number): void {
     const undone = this.store.rollBack(target);
     if (undone !== this.pending.length) fail(`rollBack(${target}) undid ${undone} writes, expected ${this.pending.length}`);
+    if (this.pending.some((p) => p.dropped === true)) {
+      this.rollBacksOfDrops++;
+      if (this.compactedSinceRollBack) this.rollBacksOfDropsAfterCompaction++;
+    }
     for (let i = this.pending.length - 1; i >= 0; i--) {
       const p = this.pending[i]!;
       if (p.prev === undefined) this.model.delete(p.key);
@@ -387,7 +418,7 @@ const arbKey = fc.oneof(
 const arbSmallSize = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 16 }), fc.integer({ min: 17, max: 3000 }));
 
 type Weights = Record<Op['t'], number>;
-const MIXED: Weights = { set: 30, insert: 8, delete: 12, tombstone: 8, clearTombstones: 2, group: 10, settle: 8, rollBack: 3, churn: 0, expect: 1, trim: 1 };
+const MIXED: Weights = { set: 30, insert: 8, delete: 12, tombstone: 8, clearTombstones: 2, drop: 2, group: 10, settle: 8, rollBack: 3, churn: 0, expect: 1, trim: 1 };
 
 function arbOp(key: fc.Arbitrary<Uint8Array>, size: fc.Arbitrary<number>, weights: Weights = MIXED): fc.Arbitrary<Op> {
   const arbs: { weight: number; arbitrary: fc.Arbitrary<Op> }[] = [
@@ -396,6 +427,7 @@ function arbOp(key: fc.Arbitrary<Uint8Array>, size: fc.Arbitrary<number>, weight
     { weight: weights.delete, arbitrary: fc.record({ t: fc.constant('delete' as const), key }) },
     { weight: weights.tombstone, arbitrary: fc.record({ t: fc.constant('tombstone' as const), key }) },
     { weight: weights.clearTombstones, arbitrary: fc.constant<Op>({ t: 'clearTombstones' }) },
+    { weight: weights.drop, arbitrary: fc.record({ t: fc.constant('drop' as const), start: fc.integer({ min: 0, max: 0xffffffff }), end: fc.integer({ min: 0, max: 0xffffffff }) }) },
     { weight: weights.group, arbitrary: fc.constant<Op>({ t: 'group' }) },
     { weight: weights.settle, arbitrary: fc.record({ t: fc.constant('settle' as const), part: fc.double({ min: 0, max: 1, noNaN: true }) }) },
     { weight: weights.rollBack, arbitrary: fc.record({ t: fc.constant('rollBack' as const), beyond: fc.integer({ min: 0, max: 2 }) }) },
@@ -421,13 +453,15 @@ function runModel(shards: number, ops: readonly Op[], options: HarnessOptions): 
 // --- the model tests -------------------------------------------------------------------------
 
 describe('ShardedStore against a Map model', () => {
-  it('random writes, settles and rollBacks (1, 2 and 16 shards)', () => {
+  it('random writes, drops, settles and rollBacks (1, 2 and 16 shards)', () => {
+    let dropsRolledBack = 0;
     fc.assert(
       fc.property(arbShards, fc.integer({ min: 1, max: 7 }), fc.array(arbOp(arbKey, arbSmallSize), { minLength: 1, maxLength: 120, size: 'max' }), (shards, budget, ops) => {
-        runModel(shards, ops, { clearWhilePending: false, budget });
+        dropsRolledBack += runModel(shards, ops, { clearWhilePending: false, budget }).rollBacksOfDrops;
       }),
       { numRuns: 1000 },
     );
+    expect(dropsRolledBack, 'rollBacks that put a pending drop back').toBeGreaterThan(50);
   });
 
   it('clearTombstones while writes are pending, then a rollBack: counts and contents stay right', () => {
@@ -446,11 +480,11 @@ describe('ShardedStore against a Map model', () => {
   });
 
   it('arena compaction with pending writes keeps what rollBack needs (values of 10-60 KiB, few keys)', () => {
-    const totals = { runs: 0, compactions: 0, withPending: 0, rollBacksAfter: 0 };
+    const totals = { runs: 0, compactions: 0, withPending: 0, rollBacksAfter: 0, dropsRolledBackAfter: 0 };
     const arbBigKey = fc.oneof({ weight: 8, arbitrary: fc.constantFrom(...['a', 'b', 'c', 'd'].map((k) => new Uint8Array(b(k)))) }, { weight: 1, arbitrary: arbKey });
     const arbBigSize = fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 10 * 1024, max: 60 * 1024 }) }, { weight: 1, arbitrary: arbSmallSize });
     fc.assert(
-      fc.property(fc.constantFrom(1, 2), fc.array(arbOp(arbBigKey, arbBigSize, { ...MIXED, set: 40, delete: 4, tombstone: 4, clearTombstones: 1 }), { minLength: 150, maxLength: 300, size: 'max' }), (shards, ops) => {
+      fc.property(fc.constantFrom(1, 2), fc.array(arbOp(arbBigKey, arbBigSize, { ...MIXED, set: 40, delete: 4, tombstone: 4, clearTombstones: 1, drop: 3 }), { minLength: 150, maxLength: 300, size: 'max' }), (shards, ops) => {
         const h = runModel(shards, ops, { clearWhilePending: false, budget: 2 });
         // Settle what is left and check again: the last compaction must not lose anything either.
         h.settleTo(h.epoch);
@@ -459,6 +493,7 @@ describe('ShardedStore against a Map model', () => {
         totals.compactions += h.compactions;
         totals.withPending += h.compactionsWithPending;
         totals.rollBacksAfter += h.rollBacksAfterCompaction;
+        totals.dropsRolledBackAfter += h.rollBacksOfDropsAfterCompaction;
       }),
       { numRuns: 40 },
     );
@@ -467,6 +502,8 @@ describe('ShardedStore against a Map model', () => {
     expect(totals.compactions, seen).toBeGreaterThan(totals.runs);
     expect(totals.withPending, seen).toBeGreaterThan(totals.runs / 2);
     expect(totals.rollBacksAfter, seen).toBeGreaterThan(totals.runs / 4);
+    // Among them, drops (one undo entry per shard) kept across a compaction and put back.
+    expect(totals.dropsRolledBackAfter, seen).toBeGreaterThan(0);
   });
 });
 
