@@ -83,8 +83,44 @@ class Shard {
   generation = 0;
   /** Bumped when the arena or the index is made bigger (see ShardedStore.growth). */
   grown = 0;
-  /** Arena offset -> epoch of the not-yet-durable group that wrote that entry. */
-  readonly dirty = new Map<number, number>();
+  /**
+   * Entries written by groups that are not durable yet, as marks: from arena offset
+   * markOff[i] on, entries were written by group markEpoch[i] (until the next mark). The arena
+   * is appended in write order and groups in epoch order, so everything from the first mark on
+   * is pending and a few marks describe it, whatever the number of entries.
+   */
+  private markOff: number[] = [];
+  private markEpoch: number[] = [];
+
+  /** The pending group that wrote the entry at `off`, or 0 if that entry is durable. */
+  pendingEpoch(off: number): number {
+    const offs = this.markOff;
+    for (let i = offs.length - 1; i >= 0; i--) if (offs[i]! <= off) return this.markEpoch[i]!;
+    return 0;
+  }
+
+  /** The entry just appended at `off` was written by group `epoch`. */
+  markPending(off: number, epoch: number): void {
+    const n = this.markEpoch.length;
+    if (n > 0 && this.markEpoch[n - 1] === epoch) return;
+    this.markOff.push(off);
+    this.markEpoch.push(epoch);
+  }
+
+  /** Groups up to `epoch` are durable (oldest marks go) or undone (newest marks go). */
+  settleMarks(epoch: number): void {
+    let n = 0;
+    while (n < this.markEpoch.length && this.markEpoch[n]! <= epoch) n++;
+    if (n === 0) return;
+    this.markOff.splice(0, n);
+    this.markEpoch.splice(0, n);
+  }
+  undoMarks(epoch: number): void {
+    while (this.markEpoch.length > 0 && this.markEpoch[this.markEpoch.length - 1]! <= epoch) {
+      this.markEpoch.pop();
+      this.markOff.pop();
+    }
+  }
 
   // --- entry accessors -------------------------------------------------------------------
   flags(off: number): number {
@@ -276,24 +312,24 @@ class Shard {
     }
     const fresh = Buffer.allocUnsafe(Math.max(64 * 1024, Math.ceil(needed * 1.25)));
     const moved = new Map<number, number>();
+    const marks = this.markOff;
+    let mark = 0;
     let at = 0;
     for (let off = 0; off < this.used; ) {
       const size = this.size(off);
       if (!this.isDead(off) || keep.has(off)) {
+        // A mark moves to the first entry kept at or after it (order is preserved).
+        while (mark < marks.length && marks[mark]! <= off) marks[mark++] = at;
         this.arena.copy(fresh, at, off, off + size);
         moved.set(off, at);
         at += size;
       }
       off += size;
     }
+    while (mark < marks.length) marks[mark++] = at;
     for (let i = 0; i < this.slots.length; i++) {
       const s = this.slots[i]!;
       if (s > 0) this.slots[i] = moved.get(s - 1)! + 1;
-    }
-    for (const [off, epoch] of [...this.dirty]) {
-      this.dirty.delete(off);
-      const to = moved.get(off);
-      if (to !== undefined) this.dirty.set(to, epoch);
     }
     // Dead entries kept for undo count as garbage again in the new arena.
     let garbage = 0;
@@ -407,7 +443,7 @@ export class ShardedStore {
       return undefined;
     }
     const off = shard.slots[slot]! - 1;
-    this.readDependency = shard.dirty.size === 0 ? 0 : (shard.dirty.get(off) ?? 0);
+    this.readDependency = shard.pendingEpoch(off);
     return shard.isTomb(off) ? undefined : shard.value(off);
   }
 
@@ -420,7 +456,7 @@ export class ShardedStore {
       return KeyState.Absent;
     }
     const off = shard.slots[slot]! - 1;
-    this.readDependency = shard.dirty.size === 0 ? 0 : (shard.dirty.get(off) ?? 0);
+    this.readDependency = shard.pendingEpoch(off);
     return shard.isTomb(off) ? KeyState.Tombstoned : KeyState.Live;
   }
 
@@ -448,7 +484,7 @@ export class ShardedStore {
     const shard = this.shardOf(hash);
     const slot = shard.find(key, hash);
     if (slot >= 0) {
-      this.readDependency = shard.dirty.size === 0 ? 0 : (shard.dirty.get(shard.slots[slot]! - 1) ?? 0);
+      this.readDependency = shard.pendingEpoch(shard.slots[slot]! - 1);
       return false;
     }
     const off = shard.append(hash, key, value);
@@ -528,7 +564,7 @@ export class ShardedStore {
     this.undoShard.push(shard.index);
     this.undoOld.push(old);
     this.undoNew.push(fresh);
-    if (fresh >= 0) shard.dirty.set(fresh, epoch);
+    if (fresh >= 0) shard.markPending(fresh, epoch);
   }
 
   /** One undo entry for every entry a drop removed from `shard` (`offsets`: their arena offsets). */
@@ -626,16 +662,10 @@ export class ShardedStore {
     let head = this.undoHead;
     const n = this.undoEpoch.length;
     while (head < n && this.undoEpoch[head]! <= epoch) {
-      const fresh = this.undoNew[head]!;
-      if (this.undoOld[head] === DROPPED) {
-        this.undoDrops.delete(fresh);
-      } else if (fresh >= 0) {
-        const shard = this.shards[this.undoShard[head]!]!;
-        const e = shard.dirty.get(fresh);
-        if (e !== undefined && e <= epoch) shard.dirty.delete(fresh);
-      }
+      if (this.undoOld[head] === DROPPED) this.undoDrops.delete(this.undoNew[head]!);
       head++;
     }
+    for (const shard of this.shards) shard.settleMarks(epoch);
     if (head === n) {
       this.undoEpoch = [];
       this.undoShard = [];
@@ -673,7 +703,6 @@ export class ShardedStore {
       }
       // The new entry may already be gone (clearTombstones removed a pending tombstone).
       if (fresh >= 0 && !shard.isDead(fresh)) this.retire(shard, fresh);
-      if (fresh >= 0) shard.dirty.delete(fresh);
       if (old >= 0) {
         this.revive(shard, old);
       } else {
@@ -683,6 +712,7 @@ export class ShardedStore {
       }
       undone++;
     }
+    for (const shard of this.shards) shard.undoMarks(epoch);
     return undone;
   }
 
@@ -801,10 +831,8 @@ export class ShardedStore {
         // Decide from the stored hash before making the key and value views.
         const hash = shard.u32(off);
         if (want !== undefined && !want(hash)) continue;
-        if (shard.dirty.size !== 0) {
-          const epoch = shard.dirty.get(off) ?? 0;
-          if (epoch > this.readDependency) this.readDependency = epoch;
-        }
+        const epoch = shard.pendingEpoch(off);
+        if (epoch > this.readDependency) this.readDependency = epoch;
         const more = visit(hash, shard.key(off), isTomb ? null : shard.value(off));
         if (more === false) return false; // the visitor has enough; resume after this entry
       }
