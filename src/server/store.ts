@@ -99,27 +99,33 @@ class Shard {
     return 0;
   }
 
-  /** The entry just appended at `off` was written by group `epoch`. */
-  markPending(off: number, epoch: number): void {
+  /** The entry just appended at `off` was written by group `epoch`. True if it is the first mark. */
+  markPending(off: number, epoch: number): boolean {
     const n = this.markEpoch.length;
-    if (n > 0 && this.markEpoch[n - 1] === epoch) return;
+    if (n > 0 && this.markEpoch[n - 1] === epoch) return false;
     this.markOff.push(off);
     this.markEpoch.push(epoch);
+    return n === 0;
   }
 
-  /** Groups up to `epoch` are durable (oldest marks go) or undone (newest marks go). */
-  settleMarks(epoch: number): void {
+  /** Groups up to `epoch` are durable: their marks go. True if marks are left. */
+  settleMarks(epoch: number): boolean {
     let n = 0;
     while (n < this.markEpoch.length && this.markEpoch[n]! <= epoch) n++;
-    if (n === 0) return;
-    this.markOff.splice(0, n);
-    this.markEpoch.splice(0, n);
+    if (n > 0) {
+      this.markOff.splice(0, n);
+      this.markEpoch.splice(0, n);
+    }
+    return this.markEpoch.length > 0;
   }
-  undoMarks(epoch: number): void {
+
+  /** Groups up to `epoch` were undone: their marks, the newest, go. True if marks are left. */
+  undoMarks(epoch: number): boolean {
     while (this.markEpoch.length > 0 && this.markEpoch[this.markEpoch.length - 1]! <= epoch) {
       this.markEpoch.pop();
       this.markOff.pop();
     }
+    return this.markEpoch.length > 0;
   }
 
   // --- entry accessors -------------------------------------------------------------------
@@ -375,6 +381,8 @@ export class ShardedStore {
   private undoOld: number[] = [];
   private undoNew: number[] = [];
   private undoHead = 0;
+  /** Shards with marks of pending writes (see Shard.markOff): settle() visits only these. */
+  private marked: Shard[] = [];
   /** What each dropHashes undo entry removed from its shard, by the id in its undoNew. */
   private undoDrops = new Map<number, Int32Array>();
   private nextDropId = 0;
@@ -564,7 +572,7 @@ export class ShardedStore {
     this.undoShard.push(shard.index);
     this.undoOld.push(old);
     this.undoNew.push(fresh);
-    if (fresh >= 0) shard.markPending(fresh, epoch);
+    if (fresh >= 0 && shard.markPending(fresh, epoch)) this.marked.push(shard);
   }
 
   /** One undo entry for every entry a drop removed from `shard` (`offsets`: their arena offsets). */
@@ -652,6 +660,7 @@ export class ShardedStore {
     this.undoNew = [];
     this.undoHead = 0;
     this.undoDrops.clear();
+    this.marked = [];
   }
 
   // --- durability ------------------------------------------------------------------------
@@ -665,7 +674,7 @@ export class ShardedStore {
       if (this.undoOld[head] === DROPPED) this.undoDrops.delete(this.undoNew[head]!);
       head++;
     }
-    for (const shard of this.shards) shard.settleMarks(epoch);
+    if (this.marked.length > 0) this.marked = this.marked.filter((shard) => shard.settleMarks(epoch));
     if (head === n) {
       this.undoEpoch = [];
       this.undoShard = [];
@@ -712,7 +721,7 @@ export class ShardedStore {
       }
       undone++;
     }
-    for (const shard of this.shards) shard.undoMarks(epoch);
+    if (this.marked.length > 0) this.marked = this.marked.filter((shard) => shard.undoMarks(epoch));
     return undone;
   }
 
