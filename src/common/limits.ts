@@ -15,7 +15,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxArgs: 1024 * 1024,
 };
 
-/** Most keys one RANGEDUMP call may ask for: servers refuse more, the proxy never asks for more. */
+/** Most keys per batch of a RANGEPUSH: servers refuse more, the proxy never asks for more. */
 export const MAX_DUMP_KEYS = 100_000;
 
 /** A client that does not read its replies is disconnected once this many bytes wait for it. */

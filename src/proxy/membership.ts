@@ -10,21 +10,13 @@
 // in exactly one of: before 1 (nothing happened), between 1 and 3 (it resumes the copy, which
 // is idempotent), or after 3 (it retries the idempotent cleanup).
 import { HashRing } from '../common/ring.js';
+import { parseNodeAddress } from '../common/node-address.js';
 import { error, simple, type Reply } from '../common/protocol/reply.js';
 import type { Logger } from '../common/logger.js';
-import type { BackendPool } from './backend.js';
+import type { BackendPool } from '../common/net/backend.js';
 import type { Router } from './router.js';
 import { StateFile, type PendingMove, type ProxyState } from './ring-state.js';
 import { DEFAULT_BATCH_KEYS, idleProgress, migrate, type MigrationProgress } from './migration.js';
-
-/** host:port with a port from 1 to 65535, and nothing else. */
-export function parseNodeAddress(text: string): string | undefined {
-  const m = /^([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(\d{1,5})$/.exec(text);
-  if (!m) return undefined;
-  const port = Number(m[2]);
-  if (port < 1 || port > 65535 || String(port) !== m[2]) return undefined;
-  return `${m[1]!.toLowerCase()}:${port}`;
-}
 
 export class Membership {
   progress: MigrationProgress = idleProgress();

@@ -11,7 +11,7 @@ import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { VERSION } from '../common/version.js';
-import { BackendPool, type Backend } from './backend.js';
+import { BackendPool, type Backend } from '../common/net/backend.js';
 import { Router } from './router.js';
 import { Membership } from './membership.js';
 import { StateFile, emptyState } from './ring-state.js';

@@ -16,7 +16,7 @@ import type { HashRing } from '../common/ring.js';
 import { keyPositions, type CommandSpec } from '../common/commands/table.js';
 import { array, error, int, NIL, OK, type Reply } from '../common/protocol/reply.js';
 import { LATER, LATER_EXCLUSIVE, type Answer, type ClientConnection } from '../common/net/client-connection.js';
-import type { Backend, BackendPool } from './backend.js';
+import type { Backend, BackendPool } from '../common/net/backend.js';
 
 const NO_NODES = error('ERR no storage nodes in the ring: ADD <host:port> first');
 

@@ -7,17 +7,22 @@ import { clientReply, commandReply, configReply, helpReply, selectReply } from '
 import { array, bulk, error, int, NIL, OK, PONG, simple, type Reply } from '../common/protocol/reply.js';
 import { CommandError } from '../common/errors.js';
 import { MAX_DUMP_KEYS } from '../common/limits.js';
-import { encodeDumpFrames, MAX_DUMP_TARGETS } from './range-dump.js';
+import { MAX_DUMP_TARGETS } from './range-dump.js';
 import { HashIntervals, type LabelledRange } from './hash-intervals.js';
 import type { HashRange } from '../common/ring.js';
-import type { ClientConnection } from '../common/net/client-connection.js';
+import { LATER, type Answer, type ClientConnection } from '../common/net/client-connection.js';
+import { parseNodeAddress } from '../common/node-address.js';
 import type { ServerState } from './server.js';
 import { KeyState } from './store.js';
 
 /** Index slots one DROPRANGE call examines (whole shards, at least one): a few milliseconds. */
 const DROP_SLOTS_PER_CALL = 256 * 1024;
 
-type Handler = (state: ServerState, args: Buffer[], conn: ClientConnection) => Reply;
+/** How long RANGEPUSH WAIT holds its reply while the push runs: the proxy's progress granularity. */
+const PUSH_WAIT_MS = 100;
+
+/** Reply now, or LATER through `conn.complete(slot, ...)`. */
+type Handler = (state: ServerState, args: Buffer[], conn: ClientConnection, slot: number) => Answer;
 type ServerCommand = Exclude<CommandName, 'quit' | 'auth' | 'add' | 'remove' | 'nodes' | 'migration'>;
 
 export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
@@ -81,27 +86,54 @@ export const SERVER_COMMANDS: Record<ServerCommand, Handler> = {
   nodeinfo: (s) => (s.data.readAll(), array([bulk('kvstore-server'), bulk(s.version), int(s.data.store.size), int(s.data.store.tombstoneCount)])),
 
   /**
-   * RANGEDUMP <token> <count> [start end target ...]: with ranges, start a dump (each range
-   * labelled with the index of the node it moves to); without, continue it.
-   * Reply: [done, scanned, keys, IMPORT request for target 0, for target 1, ...], the requests
-   * as ready-to-send RESP bytes (empty when a target gets no key in this batch).
+   * RANGEPUSH START <token> <count> <rate> <n> <target 1> ... <target n> <start> <end> <label> ...
+   *   Push the keys whose hash is in the ranges to their targets (label: index into the
+   *   targets), `count` keys per batch, at most `rate` keys/s (0: no limit). Stops the push
+   *   before, if any. OK once no batch of that one is in flight.
+   * RANGEPUSH WAIT <token>: [done, scanned, moved] once the push ended or after a moment;
+   *   ERR if it failed or is unknown.
+   * RANGEPUSH STOP <token>: OK once no batch of the push is in flight.
    */
-  rangedump(s, args) {
-    const cursor = new ArgCursor(args, 'rangedump');
+  rangepush(s, args, conn, slot) {
+    const cursor = new ArgCursor(args, 'rangepush');
+    const sub = cursor.text().toUpperCase();
     const token = cursor.text();
-    const count = cursor.uint(MAX_DUMP_KEYS);
-    let ranges: LabelledRange[] | undefined;
-    if (cursor.remaining > 0) {
-      if (cursor.remaining % 3 !== 0) throw new CommandError('ERR RANGEDUMP ranges come in start/end/target triples');
-      ranges = [];
-      while (cursor.remaining > 0) ranges.push({ start: cursor.uint(0xffffffff), end: cursor.uint(0xffffffff), target: cursor.uint(MAX_DUMP_TARGETS - 1) });
+    const answer = (work: Promise<Reply>): Answer => {
+      void work.then(
+        (reply) => conn.complete(slot, reply),
+        (err: unknown) => conn.complete(slot, error(`ERR ${(err as Error).message}`)),
+      );
+      return LATER;
+    };
+    if (sub === 'WAIT' || sub === 'STOP') {
+      cursor.finish();
+      if (sub === 'STOP') return answer(s.pushes.stop(token).then(() => OK));
+      return answer(
+        s.pushes.wait(token, PUSH_WAIT_MS).then((st) => {
+          if (st === undefined) return error(`ERR no such push '${token}'`);
+          if (st.state === 'failed') return error(`ERR push failed: ${st.error}`);
+          if (st.state === 'stopped') return error('ERR push stopped');
+          return array([int(st.state === 'done' ? 1 : 0), int(st.scanned), int(st.moved)]);
+        }),
+      );
     }
-    cursor.finish();
-    const batch = s.dumps.next(token, count, ranges);
-    if (batch === undefined) return error(`ERR no such dump '${token}' (start it again with ranges)`);
-    // Never hand out a value whose group could still fail: the reply waits for it.
-    s.data.depend(batch.dependency);
-    return array([int(batch.done ? 1 : 0), int(batch.scanned), int(batch.keys.length), ...encodeDumpFrames(batch).map((f) => bulk(f))]);
+    if (sub !== 'START') throw new CommandError(`ERR unknown RANGEPUSH subcommand '${sub}' (START, WAIT or STOP)`);
+    const count = cursor.uint(MAX_DUMP_KEYS);
+    const rate = cursor.uint(1e9);
+    const n = cursor.uint(MAX_DUMP_TARGETS);
+    const targets: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const raw = cursor.text();
+      const address = parseNodeAddress(raw);
+      if (address === undefined) throw new CommandError(`ERR invalid target address '${raw}'`);
+      targets.push(address);
+    }
+    if (count === 0 || n === 0 || cursor.remaining === 0 || cursor.remaining % 3 !== 0) {
+      throw new CommandError('ERR RANGEPUSH START needs count > 0, at least one target, and start/end/label triples');
+    }
+    const ranges: LabelledRange[] = [];
+    while (cursor.remaining > 0) ranges.push({ start: cursor.uint(0xffffffff), end: cursor.uint(0xffffffff), target: cursor.uint(n - 1) });
+    return answer(s.pushes.start({ token, count, rate, targets, ranges }).then(() => OK));
   },
 
   /**

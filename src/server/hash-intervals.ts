@@ -1,5 +1,5 @@
 // Sets of ring hash values, as sorted closed intervals: what a migration dump selects
-// (RANGEDUMP) and what a source drops once its keys have moved (DROPRANGE). Pure.
+// (RANGEPUSH) and what a source drops once its keys have moved (DROPRANGE). Pure.
 import type { HashRange } from '../common/ring.js';
 
 const TOP = 0xffffffff;

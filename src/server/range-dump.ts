@@ -1,9 +1,8 @@
-// Server side of migration streaming: RANGEDUMP walks the store once, returning batches of
-// the keys whose ring hash falls in the ranges being moved.
+// The walk behind a source's push (range-push.ts): batches of the keys whose ring hash falls in
+// the ranges being moved, one pass over the store.
 //
-// Each range is labelled with the index of the node it moves to, and each batch comes back as
-// ready-to-send requests (encodeDumpFrames): one `IMPORT k v ...` per target. The proxy
-// forwards those bytes as they are, so a key costs it nothing.
+// Each range is labelled with the index of the node it moves to, and each batch is encoded as
+// ready-to-send requests (encodeDumpFrames): one `IMPORT k v ...` per target.
 //
 // A dump is a resumable cursor over the store's arenas, held under a token chosen by the proxy.
 // Each call examines a bounded number of entries, so one call never stalls the event loop for

@@ -6,6 +6,7 @@ import { DurableStore } from './durable-store.js';
 import { Prefaulter } from './prefault.js';
 import { DEFAULT_PREALLOCATE, estimateLog, WriteAheadLog, type FsyncPolicy, type ReplayStats } from './wal.js';
 import { RangeDumps } from './range-dump.js';
+import { RangePushes } from './range-push.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
 import { MemoryTrim } from './memory-trim.js';
@@ -60,8 +61,11 @@ export const DEFAULT_MAX_CLIENTS = 10_000;
 export class ServerState implements OutputGate {
   readonly version = VERSION;
   readonly dumps: RangeDumps;
+  readonly pushes: RangePushes;
   readonly startedAt = Date.now();
   private readonly waiting = new Set<ClientConnection>();
+  /** whenSettled() callers, waiting for their epoch. */
+  private epochWaiters: { epoch: number; resolve: (failure: string | undefined) => void }[] = [];
   replay: ReplayStats | undefined;
   compactor!: Compactor;
 
@@ -70,8 +74,17 @@ export class ServerState implements OutputGate {
     readonly log: Logger,
     readonly listener: ClientListener,
     readonly options: Required<Pick<ServerOptions, 'port' | 'host' | 'dir' | 'fsync' | 'maxClients'>>,
+    password: string | undefined,
   ) {
     this.dumps = new RangeDumps(data.store);
+    // A push connects to the other servers of the cluster with this server's own password.
+    this.pushes = new RangePushes({ dumps: this.dumps, whenSettled: (epoch) => this.whenSettled(epoch), backend: { password, logger: log } });
+  }
+
+  /** Resolves once WAL groups up to `epoch` are durable: undefined, or why they failed. */
+  whenSettled(epoch: number): Promise<string | undefined> {
+    if (epoch <= this.data.wal.settledEpoch) return Promise.resolve(undefined);
+    return new Promise((resolve) => this.epochWaiters.push({ epoch, resolve }));
   }
 
   settledEpoch(): number {
@@ -84,6 +97,11 @@ export class ServerState implements OutputGate {
 
   /** WAL callback: groups up to `epoch` are durable, or failed with `failure`. */
   settle(epoch: number, failure?: string): void {
+    if (this.epochWaiters.length > 0) {
+      const due = this.epochWaiters.filter((w) => w.epoch <= epoch);
+      this.epochWaiters = this.epochWaiters.filter((w) => w.epoch > epoch);
+      for (const w of due) w.resolve(failure);
+    }
     const list = [...this.waiting];
     this.waiting.clear();
     for (const conn of list) {
@@ -144,6 +162,7 @@ export class ServerState implements OutputGate {
           total_commands_processed: this.listener.totalCommands,
           instantaneous_ops_per_sec: this.listener.opsPerSec,
           migration_dumps_active: this.dumps.active,
+          migration_pushes_active: this.pushes.active,
         },
         Keyspace: { db0: `keys=${this.data.store.size},expires=0,avg_ttl=0` },
       },
@@ -159,12 +178,12 @@ class ServerExecutor implements Executor {
     return servesOn(spec, 'server');
   }
 
-  execute(conn: ClientConnection, spec: CommandSpec, args: Buffer[]) {
+  execute(conn: ClientConnection, spec: CommandSpec, args: Buffer[], slot: number) {
     const handler = SERVER_COMMANDS[spec.name as keyof typeof SERVER_COMMANDS];
     if (handler === undefined) return error(`ERR unknown command '${spec.name}'`);
     const data = this.state.data;
     data.touched = 0;
-    const reply = handler(this.state, args, conn);
+    const reply = handler(this.state, args, conn, slot);
     if (data.touched > 0) conn.dependsOn(data.touched);
     return reply;
   }
@@ -186,7 +205,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   const walFile = path.join(dir, `wal_${port}.log`);
 
   const data = new DurableStore(new ShardedStore(options.shards ?? 16));
-  const state = new ServerState(data, log, listener, { port, host, dir, fsync: options.fsync ?? 'always', maxClients });
+  const state = new ServerState(data, log, listener, { port, host, dir, fsync: options.fsync ?? 'always', maxClients }, options.password);
   let opened;
   const prefault = new Prefaulter();
   try {
@@ -263,6 +282,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
         // reply already promised goes out. Phase 3: close clients and the log.
         memoryTrim.stop();
         const stopped = listener.stop();
+        await state.pushes.close();
         await data.wal.drain();
         listener.closeClients();
         await data.wal.close();

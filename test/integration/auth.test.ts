@@ -57,7 +57,7 @@ describe.each(TARGETS)('%s --password', (kind) => {
     const refused = ['GET auth:k', 'SET auth:k stolen', 'DEL auth:k', 'EXISTS auth:k', 'MGET auth:k auth:j', 'MSET auth:k 1 auth:j 2', 'DBSIZE', 'CONFIG GET *', 'COMMAND', 'SELECT 0'];
     const blocks = ['INFO', ...(kind === 'kv-proxy' ? ['NODES', 'MIGRATION'] : [])];
     // Commands only a server has: the ones the proxy uses to move data, RESET included.
-    const internal = kind === 'kv-server' ? ['NODEINFO', 'XGET auth:k', 'IMPORT auth:k v', 'DELTOMB auth:k', 'CLEARTOMBS', 'RESET', 'RANGEDUMP t 10 0 0 0', 'DROPRANGE 0 0 0', 'BGREWRITEAOF'] : [];
+    const internal = kind === 'kv-server' ? ['NODEINFO', 'XGET auth:k', 'IMPORT auth:k v', 'DELTOMB auth:k', 'CLEARTOMBS', 'RESET', 'RANGEPUSH WAIT t', 'DROPRANGE 0 0 0', 'BGREWRITEAOF'] : [];
     const admin = kind === 'kv-proxy' ? [`ADD 127.0.0.1:${backends[0]!.port}`, `REMOVE ${nodeAddress(backends[0]!)}`] : [];
     const all = [...refused, ...blocks, ...internal, ...admin];
     expect(await c.ask(...all)).toEqual(all.map(() => NOAUTH));

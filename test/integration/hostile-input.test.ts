@@ -334,14 +334,20 @@ describe.each(TARGETS)('%s under hostile input', (name) => {
 });
 
 describe('kv-server: the commands that move data', () => {
-  it('RANGEDUMP and DROPRANGE with malformed arguments get ERR and change nothing', async () => {
+  it('RANGEPUSH and DROPRANGE with malformed arguments get ERR and change nothing', async () => {
     const { main } = target('kv-server');
     const c = await RawConnection.connect(main.port);
     expect(await c.ask('SET hostile:moving kept')).toEqual(['OK']);
-    const bad = ['DROPRANGE', 'DROPRANGE x 0 0', 'DROPRANGE 0 0', 'DROPRANGE 0 1 2 3', 'DROPRANGE 4294967296 0 0', 'DROPRANGE 0 -1 5', 'DROPRANGE 0 0 99999999999', 'RANGEDUMP t', 'RANGEDUMP t x', 'RANGEDUMP t 10 0 0', 'RANGEDUMP t 10 0 0 5000'];
+    const bad = ['DROPRANGE', 'DROPRANGE x 0 0', 'DROPRANGE 0 0', 'DROPRANGE 0 1 2 3', 'DROPRANGE 4294967296 0 0', 'DROPRANGE 0 -1 5', 'DROPRANGE 0 0 99999999999', 'RANGEPUSH', 'RANGEPUSH START', 'RANGEPUSH GO t', 'RANGEPUSH START t', 'RANGEPUSH START t x 0 1 127.0.0.1:1 0 0 0',
+      'RANGEPUSH START t 0 0 1 127.0.0.1:1 0 0 0', 'RANGEPUSH START t 100001 0 1 127.0.0.1:1 0 0 0', 'RANGEPUSH START t 10 -1 1 127.0.0.1:1 0 0 0',
+      'RANGEPUSH START t 10 0 0 0 0 0', 'RANGEPUSH START t 10 0 1 not-an-address 0 0 0', 'RANGEPUSH START t 10 0 1 127.0.0.1:0 0 0 0',
+      'RANGEPUSH START t 10 0 1 127.0.0.1:1 0 0', 'RANGEPUSH START t 10 0 1 127.0.0.1:1 0 0 1', 'RANGEPUSH START t 10 0 1 127.0.0.1:1 0 4294967296 0',
+      'RANGEPUSH START t 10 0 2000 127.0.0.1:1 0 0 0', 'RANGEPUSH WAIT t extra', 'RANGEPUSH WAIT never-started', 'RANGEPUSH STOP t extra'];
     const replies = await c.ask(...bad);
     replies.forEach((reply, i) => expect(reply, bad[i]).toMatch(/^ERR /));
     expect(await c.ask('GET hostile:moving', 'DBSIZE')).toEqual(['VALUE kept', expect.stringMatching(/^\d+$/)]);
+    // None of them started a push.
+    expect(await c.askResp('INFO', 'stats')).toMatch(/migration_pushes_active:0\r\n/);
     c.destroy();
     await expectAlive(main);
   });

@@ -85,7 +85,7 @@ describe('the table', () => {
     expect(hasFlag(COMMANDS.set, 'write')).toBe(true);
     expect(hasFlag(COMMANDS.get, 'write')).toBe(false);
     expect(hasFlag(COMMANDS.add, 'admin')).toBe(true);
-    expect(hasFlag(COMMANDS.rangedump, 'internal')).toBe(true);
+    expect(hasFlag(COMMANDS.rangepush, 'internal')).toBe(true);
     expect(COMMANDS.get.text).toBe('value');
     expect(COMMANDS.del.text).toBe('deleted');
   });
@@ -102,7 +102,7 @@ describe('the table', () => {
 
 describe('ArgCursor', () => {
   it('takes arguments in order and finish() accepts when none are left', () => {
-    const cursor = new ArgCursor(args('rangedump', 'tok', '100', 'x'), 'rangedump');
+    const cursor = new ArgCursor(args('droprange', 'tok', '100', 'x'), 'droprange');
     expect(cursor.remaining).toBe(3);
     expect(cursor.text()).toBe('tok');
     expect(cursor.uint()).toBe(100);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ServerHandle } from '../../src/server/server.js';
 import type { FsyncPolicy } from '../../src/server/wal.js';
-import { TextClient, cleanup } from '../integration/harness.js';
+import { TextClient, cleanup, startServer, tempDir } from '../integration/harness.js';
 import {
   RawSocket,
   closeInProcess,
@@ -131,27 +131,39 @@ describe('fsync always barrier', () => {
     await reader.expectNext('VALUE v2\n');
   });
 
-  it('holds a migration batch (RANGEDUMP) until the group that wrote one of its keys is durable', async () => {
+  it('a push sends no value to its target before the group that wrote it is durable', async () => {
     const server = await start('always');
+    const target = await startServer({ dir: tempDir('fsync-push-target') });
+    const targetClient = await RawSocket.connect(target.port);
     const writer = await RawSocket.connect(server.port);
     writer.write('SET calm v1\n');
     await writer.expectNext('OK\n');
-    // Whole ring, one target, in RESP so the reply's framing is exact: [done, scanned, keys, ...].
-    const dump = (token: string): string => resp('RANGEDUMP', token, '10', '0', '4294967295', '0').toString('latin1');
-    const batch = (keys: number): string => `*4\r\n:1\r\n:${keys}\r\n:${keys}\r\n`;
-    const first = await RawSocket.connect(server.port);
-    first.write(dump('t1'));
-    await first.expectNext(batch(1), 5000);
+    const control = await RawSocket.connect(server.port);
+    // Whole ring, one target, in RESP so the replies' framing is exact: WAIT is [done, scanned, moved].
+    const push = (token: string): void => control.write(resp('RANGEPUSH', 'START', token, '10', '0', '1', `127.0.0.1:${target.port}`, '0', '4294967295', '0').toString('latin1'));
+    const wait = (token: string): void => control.write(resp('RANGEPUSH', 'WAIT', token).toString('latin1'));
+    push('t1');
+    await control.expectNext('+OK\r\n', 5000);
+    wait('t1');
+    await control.expectNext('*3\r\n:1\r\n:1\r\n:1\r\n', 5000);
 
     gate.holding = true;
     writer.write('SET hot v2\n');
     await heldSyncs(1);
-    const second = await RawSocket.connect(server.port);
-    second.write(dump('t2'));
-    await second.expectSilence('a batch holding a key whose group is not durable', 200);
+    push('t2');
+    await control.expectNext('+OK\r\n', 5000);
+    // WAIT answers after a moment while the push runs: both keys scanned, none moved yet.
+    wait('t2');
+    await control.expectNext('*3\r\n:0\r\n:2\r\n:0\r\n', 5000);
+    targetClient.write('GET hot\n');
+    await targetClient.expectNext('NOT_FOUND\n', 5000);
     gate.release();
-    await second.expectNext(batch(2), 5000);
     await writer.expectNext('OK\n');
+    wait('t2');
+    // calm was already there (IMPORT does not overwrite), so the batch inserted one key; moved counts both.
+    await control.expectNext('*3\r\n:1\r\n:2\r\n:2\r\n', 5000);
+    targetClient.write('GET hot\nGET calm\n');
+    await targetClient.expectNext('VALUE v2\nVALUE v1\n', 5000);
   });
 
   it('holds a DROPRANGE reply until its record is durable, and a GET of a dropped key until then too', async () => {

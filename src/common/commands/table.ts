@@ -81,7 +81,7 @@ export const COMMANDS = {
 
   // Proxy -> server, for migration and health checks. RESP only in practice; binary-safe.
   nodeinfo: spec({ name: 'nodeinfo', arity: 1, flags: ['internal'], on: 'server', usage: 'NODEINFO', summary: 'Identify a kv-server: [kvstore-server, version, keys, tombstones].' }),
-  rangedump: spec({ name: 'rangedump', arity: -3, flags: ['internal'], on: 'server', usage: 'RANGEDUMP <token> <count> [start end target ...]', summary: 'Stream the keys whose hash is in the given ring ranges, as ready IMPORT requests.' }),
+  rangepush: spec({ name: 'rangepush', arity: -3, flags: ['internal'], on: 'server', usage: 'RANGEPUSH START|WAIT|STOP <token> ...', summary: 'Push the keys of ring ranges straight to their target servers (a source during a move), and follow that push.' }),
   droprange: spec({ name: 'droprange', arity: -2, flags: ['internal', 'write'], on: 'server', usage: 'DROPRANGE <from> [start end ...]', summary: 'Delete the keys whose hash is in the given ring ranges, a few shards per call from hash <from> on (a source after a move).' }),
   import: spec({ name: 'import', arity: -3, flags: ['internal', 'write'], on: 'server', usage: 'IMPORT <key> <value> [key value ...]', summary: 'Insert keys that are absent (and not tombstoned); one fsync per batch.' }),
   xget: spec({ name: 'xget', arity: 2, flags: ['internal', 'readonly'], on: 'server', usage: 'XGET <key>', summary: 'Read during a move: the value, nil if absent, or 0 if tombstoned.' }),

@@ -1,4 +1,5 @@
-// One persistent, pipelined RESP connection from the proxy to a kv-server.
+// One persistent, pipelined RESP connection to a kv-server: the proxy's to each node, and a
+// source server's to its targets while it pushes a migration (server/range-push.ts).
 //
 // Requests are queued in a FIFO and written once per event-loop turn; replies come back in the
 // same order, so the FIFO says whom each reply is for. A reply goes either to a client
@@ -8,10 +9,10 @@
 // backoff reconnects. A request that sees no reply within `requestTimeoutMs` (a hung node)
 // tears the connection down the same way.
 import net from 'node:net';
-import { encodeRespRequest, ReplyDecoder, writeRespRequest } from '../common/protocol/resp.js';
-import { ByteSink } from '../common/protocol/byte-sink.js';
-import { error, type Reply } from '../common/protocol/reply.js';
-import type { Logger } from '../common/logger.js';
+import { encodeRespRequest, ReplyDecoder, writeRespRequest } from '../protocol/resp.js';
+import { ByteSink } from '../protocol/byte-sink.js';
+import { error, type Reply } from '../protocol/reply.js';
+import type { Logger } from '../logger.js';
 
 export type ReplyCallback = (reply: Reply) => void;
 
@@ -287,7 +288,7 @@ export class Backend {
   }
 }
 
-/** The proxy's connections, one per node address. */
+/** Connections to kv-servers, one per node address. */
 export class BackendPool {
   private readonly backends = new Map<string, Backend>();
 
