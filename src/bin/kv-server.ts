@@ -34,7 +34,7 @@ const program = strict(new Command('kv-server'))
   .option('--max-args <n>', 'most arguments in one RESP request', parsePositiveInt(100_000_000), DEFAULT_LIMITS.maxArgs)
   .option('--compact-min <bytes>', 'never compact a WAL smaller than this', parseBytes, DEFAULT_COMPACTION.minBytes)
   .option('--compact-ratio <n>', 'compact when the WAL is this many times the live data', parseRatio, DEFAULT_COMPACTION.ratio)
-  .option('--wal-preallocate <bytes>', 'zeros written ahead of the WAL at a time, so fsyncs overwrite instead of growing the file (0: off)', parseBytesOrZero, DEFAULT_PREALLOCATE)
+  .option('--wal-preallocate <bytes>', 'zeros written ahead of the WAL at a time (up to 16x that while it grows fast), so fsyncs overwrite instead of growing the file (0: off)', parseBytesOrZero, DEFAULT_PREALLOCATE)
   .option('--repair', 'cut the WAL back at its first damaged record (keeping a .broken backup), then exit')
   .option('--log-level <level>', 'fatal | error | warn | info | debug | trace | silent', parseLogLevel, 'info')
   .parse();

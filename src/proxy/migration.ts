@@ -121,21 +121,23 @@ async function drainSource(ctx: MoveContext, sourceAddress: string, ranges: Move
   expectOk(await source.call(['RANGEPUSH', 'START', token, count, String(rate), String(targets.length), ...targets, ...rangeArgs]), `RANGEPUSH START on ${sourceAddress}`);
   let scanned = 0;
   let moved = 0;
-  for (;;) {
-    if (stop.reason !== undefined) {
-      // Another source failed: stop this one too, and report only once nothing of it is in
-      // flight (a retry must never race a batch of this attempt).
-      await source.call(['RANGEPUSH', 'STOP', token]);
-      throw new MigrationError('stopped: another source failed');
+  try {
+    for (;;) {
+      if (stop.reason !== undefined) throw new MigrationError('stopped: another source failed');
+      const reply = expectOk(await source.call(['RANGEPUSH', 'WAIT', token]), `push from ${sourceAddress}`);
+      const [done, nowScanned, nowMoved] = reply.type === 'array' && reply.items !== null ? reply.items : [];
+      if (done?.type !== 'int' || nowScanned?.type !== 'int' || nowMoved?.type !== 'int') throw new MigrationError(`RANGEPUSH WAIT on ${sourceAddress}: malformed reply`);
+      progress.keysScanned += nowScanned.value - scanned;
+      progress.keysMoved += nowMoved.value - moved;
+      scanned = nowScanned.value;
+      moved = nowMoved.value;
+      if (done.value === 1) break;
     }
-    const reply = expectOk(await source.call(['RANGEPUSH', 'WAIT', token]), `push from ${sourceAddress}`);
-    const [done, nowScanned, nowMoved] = reply.type === 'array' && reply.items !== null ? reply.items : [];
-    if (done?.type !== 'int' || nowScanned?.type !== 'int' || nowMoved?.type !== 'int') throw new MigrationError(`RANGEPUSH WAIT on ${sourceAddress}: malformed reply`);
-    progress.keysScanned += nowScanned.value - scanned;
-    progress.keysMoved += nowMoved.value - moved;
-    scanned = nowScanned.value;
-    moved = nowMoved.value;
-    if (done.value === 1) break;
+  } catch (err) {
+    // Report only once nothing of this push is in flight (a retry must never race a batch of
+    // this attempt). If the source cannot be reached now, the retry's START stops it first.
+    await source.call(['RANGEPUSH', 'STOP', token]);
+    throw err;
   }
   // Every target holds every key of these ranges durably: the source's copies can go.
   if (dropMoved) await dropRanges(source, ranges);

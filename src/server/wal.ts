@@ -319,6 +319,10 @@ export interface OpenOptions {
 }
 
 export const DEFAULT_PREALLOCATE = 256 * 1024;
+/** A piece of zeros covers about this much of the log's recent growth... */
+const PREALLOC_AHEAD_SECONDS = 0.25;
+/** ...but at most this many times the configured piece (and a whole number of them). */
+const PREALLOC_MAX_FACTOR = 16;
 /** The largest piece of zeros written at a time. */
 const ZEROS = Buffer.alloc(1024 * 1024);
 
@@ -346,6 +350,8 @@ export class WriteAheadLog {
   /** Bytes of the file known to exist: past `size` they are zeros written ahead (preallocated). */
   allocated: number;
   private preallocRetryAt = 0;
+  /** When the last piece was written ahead, and the log's size then (sizes the next one). */
+  private lastPrealloc: { at: number; size: number } | undefined;
   /** Pieces of zeros written ahead so far. */
   preallocations = 0;
   /** The online rewrite in progress, if any (see rewrite()). */
@@ -709,8 +715,8 @@ export class WriteAheadLog {
    * Best effort: a failure (ENOSPC) only means groups grow the file again for a while.
    */
   private preallocate(groupBytes: number): void {
-    const piece = this.prealloc;
-    if (piece <= 0 || !this.syncWrites || this.closed || this.paused) return;
+    if (this.prealloc <= 0 || !this.syncWrites || this.closed || this.paused) return;
+    const piece = this.preallocPiece();
     if (groupBytes > piece / 4 || this.allocated - this.size >= piece / 2 || Date.now() < this.preallocRetryAt) return;
     const from = Math.max(this.allocated, this.size);
     try {
@@ -718,10 +724,26 @@ export class WriteAheadLog {
       fs.fdatasyncSync(this.fd);
       this.allocated = from + piece;
       this.preallocations++;
+      this.lastPrealloc = { at: performance.now(), size: this.size };
     } catch {
       // Zeros that did land past `size` are harmless (replay ends the log at them).
       this.preallocRetryAt = Date.now() + 1000;
     }
+  }
+
+  /**
+   * How much to write ahead this time: about a quarter second of the log's growth since the last
+   * piece, at least the configured piece and at most 16 times it. A bulk import (an ADD's
+   * target grows its log by 10+ MB/s) then writes a few large pieces a second instead of dozens
+   * of small ones, each with its own fdatasync; a log growing slowly keeps the configured size.
+   */
+  private preallocPiece(): number {
+    const base = this.prealloc;
+    const last = this.lastPrealloc;
+    if (last === undefined) return base;
+    const seconds = Math.max(0.001, (performance.now() - last.at) / 1000);
+    const wanted = ((this.size - last.size) / seconds) * PREALLOC_AHEAD_SECONDS;
+    return base * Math.min(PREALLOC_MAX_FACTOR, Math.max(1, Math.ceil(wanted / base)));
   }
 
   /** Bytes of zeros known to be written ahead of the log (0 once the log has outrun them). */
