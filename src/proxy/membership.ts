@@ -55,7 +55,7 @@ export class Membership {
     const move = this.state.move;
     if (move !== null) {
       this.log.warn({ kind: move.kind, node: move.node }, 'resuming a membership change interrupted by a restart');
-      const reply = await this.run(move);
+      const reply = await this.run(move, false);
       if (reply.type === 'error') this.log.error({ reason: reply.message }, 'resumed membership change did not finish; retry the same ADD/REMOVE');
       return;
     }
@@ -68,7 +68,7 @@ export class Membership {
     if (this.busy) return error('ERR membership change in progress');
     const pending = this.state.move;
     if (pending !== null) {
-      if (pending.kind === 'add' && pending.node === node) return this.run(pending);
+      if (pending.kind === 'add' && pending.node === node) return this.run(pending, false);
       return error(`ERR membership change in progress (${pending.kind.toUpperCase()} ${pending.node} is unfinished; repeat it to resume)`);
     }
     if (this.state.members.includes(node)) return simple(`OK already a member ${node}`);
@@ -86,7 +86,7 @@ export class Membership {
     } finally {
       this.busy = false;
     }
-    return this.run(this.state.move!);
+    return this.run(this.state.move!, true);
   }
 
   async remove(arg: string): Promise<Reply> {
@@ -95,7 +95,7 @@ export class Membership {
     if (this.busy) return error('ERR membership change in progress');
     const pending = this.state.move;
     if (pending !== null) {
-      if (pending.kind === 'remove' && pending.node === node) return this.run(pending);
+      if (pending.kind === 'remove' && pending.node === node) return this.run(pending, false);
       return error(`ERR membership change in progress (${pending.kind.toUpperCase()} ${pending.node} is unfinished; repeat it to resume)`);
     }
     if (!this.state.members.includes(node)) return error(`ERR ${node} is not a member of the ring`);
@@ -110,7 +110,7 @@ export class Membership {
     if (blocked !== undefined) return error(blocked);
     const move: PendingMove = { kind: 'remove', node, from: [...this.state.members], to: this.state.members.filter((m) => m !== node), startedAt: Date.now() };
     this.save({ ...this.state, move });
-    return this.run(move);
+    return this.run(move, true);
   }
 
   /** Is `node` a kv-server we may add? Returns the reason it is not, or undefined. */
@@ -132,13 +132,15 @@ export class Membership {
     return undefined;
   }
 
-  private async run(move: PendingMove): Promise<Reply> {
+  /** `fresh`: planned just now by this process (no write has reached a moving key yet). */
+  private async run(move: PendingMove, fresh: boolean): Promise<Reply> {
     if (this.busy) return error('ERR membership change in progress');
     this.busy = true;
     const started = performance.now();
     const from = new HashRing(move.from, this.state.vnodes);
     const to = new HashRing(move.to, this.state.vnodes);
-    this.router.beginMove(to);
+    // A move this process just planned has had no writes yet; a resumed one may have had some.
+    this.router.beginMove(to, fresh);
     this.progress = { ...idleProgress(), state: 'running', kind: move.kind, node: move.node, startedAt: Date.now() };
     this.log.info({ kind: move.kind, node: move.node }, move.kind === 'add' ? 'rebalancing for new node' : 'evacuating node');
     try {
@@ -165,7 +167,8 @@ export class Membership {
       // The state file could not be written: keep serving the move as planned (it is still
       // planned on disk) and let a retry commit it.
       this.router.setRing(from);
-      this.router.beginMove(to);
+      // Writes in between went to the new owners as non-moving keys: not tracked.
+      this.router.beginMove(to, false);
       this.progress.state = 'failed';
       this.progress.error = `could not save the ring state: ${(err as Error).message}`;
       this.busy = false;

@@ -215,7 +215,8 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   if (state.members.length > 0) log.info({ members: state.members, file: file.file }, 'ring loaded from state file');
 
   const router = new Router(pool, new HashRing(state.members, state.vnodes));
-  if (state.move !== null) router.beginMove(new HashRing(state.move.to, state.vnodes));
+  // Writes to the moving keys before this start are unknown: every moving key counts as written.
+  if (state.move !== null) router.beginMove(new HashRing(state.move.to, state.vnodes), false);
   const membership = new Membership(state, file, router, pool, log, options.migrateBatchKeys, options.migrateRate);
   const executor = new ProxyExecutor(router, membership, pool, listener, { port, host, maxClients });
 

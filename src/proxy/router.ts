@@ -6,7 +6,11 @@
 // While a move is under way (`next` is set), a key whose owner differs between `ring` and
 // `next` is "moving" from its source to its target. The rules (docs/rebalancing.md):
 //  - writes go to the target only (SET; DEL leaves a tombstone there via DELTOMB);
-//  - reads ask the target, then the source, then the target again;
+//  - reads of a key written (or deleted) during the move ask the target, then the source, then
+//    the target again; reads of any other moving key ask the source, then the target. The
+//    proxy remembers which moving keys it wrote since the move began (every write passes
+//    through it); after a restart, or past MAX_TRACKED_WRITES keys, it does not know, and
+//    treats every moving key as written;
 //  - the migration copies with IMPORT (insert if absent and not tombstoned), so a copy from the
 //    source can never overwrite a newer write or revive a delete.
 // The source's copy of a moving key is therefore frozen: nothing writes it but the migration,
@@ -22,6 +26,17 @@ const NO_NODES = error('ERR no storage nodes in the ring: ADD <host:port> first'
 
 type Sub = (done: (reply: Reply) => void) => void;
 
+/** Most moving keys whose writes a move remembers; past it, every moving key counts as written. */
+export const MAX_TRACKED_WRITES = 1_000_000;
+
+/** What a moving key's operation needs to know about the move. */
+interface MoveWrites {
+  /** A write to this moving key is about to be sent to its target. */
+  noteWrite(key: Buffer): void;
+  /** Has this moving key certainly not been written since the move began? */
+  untouched(key: Buffer): boolean;
+}
+
 export class Router {
   private ring!: HashRing;
   private owners: Backend[] = [];
@@ -30,6 +45,20 @@ export class Router {
   /** Multi-step operations on moving keys still under way, and who waits for them to end. */
   private movingInFlight = 0;
   private quietWaiters: (() => void)[] = [];
+  /**
+   * Moving keys (latin1) written or deleted since the move began; undefined when that is not
+   * known (the move began before this process started, or too many keys were written).
+   */
+  private written: Set<string> | undefined;
+  private readonly writes: MoveWrites = {
+    noteWrite: (key) => {
+      const written = this.written;
+      if (written === undefined) return;
+      written.add(key.toString('latin1'));
+      if (written.size > MAX_TRACKED_WRITES) this.written = undefined;
+    },
+    untouched: (key) => this.written !== undefined && !this.written.has(key.toString('latin1')),
+  };
 
   constructor(
     private readonly pool: BackendPool,
@@ -51,10 +80,17 @@ export class Router {
     this.owners = ring.members.map((m) => this.pool.get(m));
     this.next = undefined;
     this.nextOwners = [];
+    this.written = undefined;
   }
 
-  /** From now on, keys whose owner changes between the rings are served as moving. */
-  beginMove(next: HashRing): void {
+  /**
+   * From now on, keys whose owner changes between the rings are served as moving. `tracked`:
+   * nothing was written to a moving key before this call (a move planned by this process now),
+   * so the writes from here on are all there are. Resuming a move already being served keeps
+   * what is known about it.
+   */
+  beginMove(next: HashRing, tracked: boolean): void {
+    if (this.next === undefined) this.written = tracked ? new Set() : undefined;
     this.next = next;
     this.nextOwners = next.members.map((m) => this.pool.get(m));
   }
@@ -118,7 +154,7 @@ export class Router {
     }
     // Several steps on two nodes: later requests on this connection wait, so that e.g.
     // `DEL k` then `SET k v` cannot overtake each other.
-    this.track(movingOp(spec.name, args.slice(1), owner, target), (reply) => conn.complete(slot, reply));
+    this.track(movingOp(spec.name, args.slice(1), owner, target, this.writes), (reply) => conn.complete(slot, reply));
     return LATER_EXCLUSIVE;
   }
 
@@ -150,7 +186,7 @@ export class Router {
     }
     for (const m of moving) {
       const pos = positions[m.index]!;
-      const op = movingOp(spec.name, args.slice(pos, pos + width), m.source, m.target);
+      const op = movingOp(spec.name, args.slice(pos, pos + width), m.source, m.target, this.writes);
       subs.push({ indexes: [m.index], run: (done) => this.track(op, done) });
     }
     gather(subs, positions.length, spec.name, (reply) => conn.complete(slot, reply));
@@ -198,21 +234,25 @@ function gather(subs: { indexes: number[]; run: Sub }[], keyCount: number, name:
  * One key's operation while it moves from `source` to `target`. `rest` is the key (and, for
  * writes, the value). Replies have the shape of the single-key command (MGET -> bulk).
  */
-function movingOp(name: string, rest: Buffer[], source: Backend, target: Backend): Sub {
+function movingOp(name: string, rest: Buffer[], source: Backend, target: Backend, writes: MoveWrites): Sub {
   const key = rest[0]!;
   switch (name) {
     case 'set':
     case 'mset':
-      return (done) => target.send(['SET', key, rest[1]!], done);
+      return (done) => {
+        writes.noteWrite(key);
+        target.send(['SET', key, rest[1]!], done);
+      };
     case 'get':
     case 'mget':
-      return (done) => readMoving(key, source, target, done, (r) => r);
+      return (done) => readMoving(key, source, target, writes.untouched(key), done, (r) => r);
     case 'exists':
-      return (done) => readMoving(key, source, target, done, (r) => (r.type === 'bulk' && r.value !== null ? int(1) : int(0)));
+      return (done) => readMoving(key, source, target, writes.untouched(key), done, (r) => (r.type === 'bulk' && r.value !== null ? int(1) : int(0)));
     case 'del':
       // Ask the source first: if it no longer has the key, the migration already copied it,
       // so the target's DELTOMB sees it live. Either way the tombstone blocks later copies.
-      return (done) =>
+      return (done) => {
+        writes.noteWrite(key);
         source.send(['EXISTS', key], (had) => {
           if (had.type === 'error') return done(had);
           target.send(['DELTOMB', key], (live) => {
@@ -223,17 +263,34 @@ function movingOp(name: string, rest: Buffer[], source: Backend, target: Backend
             done(int(t > 0 || (had.type === 'int' && had.value > 0) ? 1 : 0));
           });
         });
+      };
     default:
       return (done) => done(error(`ERR '${name}' cannot run on a moving key`));
   }
 }
 
 /**
- * Target, then source, then target again. The source's copy is frozen and deleted only after
- * the target has it durably, so a miss on both first reads means the copy happened in between,
- * and the second target read sees it.
+ * A key written during the move: target, then source, then target again. The source's copy is
+ * frozen and deleted only after the target has it durably, so a miss on both first reads means
+ * the copy happened in between, and the second target read sees it.
+ *
+ * A key not written during the move (`untouched`): its newest value is the source's frozen
+ * copy, which the source keeps until the target has it durably. So the source first (one hop
+ * while the copy runs, and it spares the target, which is busy importing); on a miss, the
+ * target, which by then holds whatever the source had.
  */
-function readMoving(key: Buffer, source: Backend, target: Backend, done: (r: Reply) => void, shape: (r: Reply) => Reply): void {
+function readMoving(key: Buffer, source: Backend, target: Backend, untouched: boolean, done: (r: Reply) => void, shape: (r: Reply) => Reply): void {
+  if (untouched) {
+    source.send(['GET', key], (s) => {
+      if (s.type === 'error') return done(s);
+      if (s.type === 'bulk' && s.value !== null) return done(shape(s));
+      target.send(['XGET', key], (t) => {
+        if (t.type === 'error') return done(t);
+        done(shape(t.type === 'bulk' ? t : NIL));
+      });
+    });
+    return;
+  }
   target.send(['XGET', key], (t) => {
     if (t.type === 'error') return done(t);
     if (t.type === 'int') return done(shape(NIL)); // tombstone: deleted during the move

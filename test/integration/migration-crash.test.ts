@@ -148,6 +148,40 @@ describe('kill -9 of the proxy during a move', () => {
   });
 });
 
+describe('writes during a move, and a proxy restart', () => {
+  // During a move the proxy reads a moving key from its source first unless it wrote that key
+  // since the move began (docs/rebalancing.md, "Serving a moving key"). A restarted proxy does not
+  // know what its predecessor wrote, so it must read every moving key from its target first.
+  it('keys overwritten mid-ADD read back new after a kill -9 of the proxy, while the resumed move still runs', async () => {
+    const count = 6000;
+    const old = new Map(Array.from({ length: count }, (_, i) => [`wr:${i}`, bulkValue('wr-old', i)] as const));
+    const fresh = new Map([...old.keys()].map((k, i) => [k, bulkValue('wr-new', i)] as const));
+    // About 2,000 keys move at 1,000 keys/s: the move runs for a few seconds, before and after the restart.
+    const { proxy, servers } = await startCluster(3, ['--request-timeout', '15000', '--migrate-rate', '1000']);
+    const [s1, s2, s3] = servers;
+    const admin = await TextClient.connect(proxy.port);
+    for (const s of [s1!, s2!]) expect(await admin.send(`ADD ${nodeAddress(s)}`)).toMatch(/^OK added /);
+    await preload(proxy.port, old);
+    admin.close();
+    const added = nodeAddress(s3!);
+    const add = await sendAndCatch(proxy.port, `ADD ${added}`, 60_000);
+    await waitUntilCopying(proxy.port, added);
+    // Every key overwritten while the copy runs: the moving ones now differ on source and target.
+    await preload(proxy.port, fresh);
+    await crash(proxy);
+    expect(await add.reply).toMatch(/^!/);
+    const restarted = await restart(proxy);
+    const wrong = await readBackWrong(restarted.port, fresh);
+    const client = await TextClient.connect(restarted.port);
+    const after = await migration(client);
+    expect(after.state, `the resumed move was still running when the keys were read:\n${after.text}`).toBe('running');
+    expect(wrong.slice(0, 10), `${wrong.length} of ${count} keys read an old value after the restart`).toEqual([]);
+    await waitForMigration(client, 'the resumed ADD to finish', 60_000, (m) => m.state === 'done');
+    expect(await readBackWrong(restarted.port, fresh)).toEqual([]);
+    client.close();
+  });
+});
+
 describe('kill -9 of a server during ADD', () => {
   it('target: ADD answers ERR at once, keys it does not own stay readable, the repeated ADD completes and nothing acknowledged is lost', async () => {
     const { proxy, servers } = await loadedCluster(2);
