@@ -40,10 +40,10 @@ const OP_TIMEOUT_MS = 10_000;
 /**
  * Bound on the p99 latency of client requests during the moves. It only catches a hang: the
  * 50 ms target is measured by `npm run bench:rebalance` on a quiet machine, not asserted here,
- * where other suites share the 2 cores. Migration batches travel on their own connections and
- * at most two 250-key IMPORTs wait at a target at once; with this file run alone, the p99 during
- * the moves was 76 ms for SET/DEL and 147 ms for 8-GET pipelines (before that change, with
- * 2,000-key batches on the clients' connections: 0.4-1.9 s). Every run prints the figures.
+ * where other suites share the 2 cores. Migration batches travel on their own connections (server
+ * to server) and each source has one IMPORT in flight; with this file run alone, the p99 during
+ * the moves was 76 ms for SET/DEL and 147 ms for 8-GET pipelines (with 2,000-key batches on the
+ * clients' connections, an early design: 0.4-1.9 s). Every run prints the figures.
  */
 const P99_BOUND_MS = 5_000;
 

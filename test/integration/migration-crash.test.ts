@@ -5,11 +5,11 @@
 //  - the target, mid-ADD: ADD answers ERR promptly, keys the target does not own stay readable,
 //    nothing acknowledged is lost; after a restart the repeated ADD completes;
 //  - a source, mid-ADD: the same.
-// Each cluster holds 100,000 keys of ~100 bytes, so an ADD copies ~33,000 keys in 2,000-key
-// batches and runs for a second or more. The copy progresses in bursts (four batches per source
-// in flight), so the first keys count as moved well into the move; with fewer keys the rest of
-// it could finish before a kill sent at that point lands. The kill lands while keys are being
-// copied, and each test checks that it did.
+// Each cluster holds 100,000 keys of ~100 bytes, so an ADD copies ~33,000 keys in 400-key
+// batches and runs for a second or more. The proxy sees progress ten times a second at most
+// (RANGEPUSH WAIT), so the first keys count as moved well into the move; with fewer keys the
+// rest of it could finish before a kill sent at that point lands. The kill lands while keys are
+// being copied, and each test checks that it did.
 //
 // The proxy runs with --request-timeout 15000: the default 2 s turns one slow fsync on a loaded
 // CI machine into a spurious "interrupted" move. A kill -9 is noticed by the connection closing,
