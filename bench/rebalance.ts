@@ -39,7 +39,8 @@ function cpuUsed(procs: readonly Proc[], before: (number | undefined)[]): string
 const dir = tempDir('kv-bench-rebalance-');
 const servers = await Promise.all([0, 1, 2, 3].map(() => startServer(dir)));
 // MIGRATE_BATCH=n: kv-proxy --migrate-batch n (keys per IMPORT; the proxy's default otherwise).
-// MIGRATE_RATE=n: kv-proxy --migrate-rate n (most keys moved per second; default no limit).
+// MIGRATE_RATE=n: kv-proxy --migrate-rate n (most keys moved per second; 0: no limit; the
+// proxy's default otherwise).
 const proxyArgs = [
   ...(process.env.MIGRATE_BATCH ? ['--migrate-batch', process.env.MIGRATE_BATCH] : []),
   ...(process.env.MIGRATE_RATE ? ['--migrate-rate', process.env.MIGRATE_RATE] : []),

@@ -4,7 +4,7 @@ import { startProxy } from '../proxy/proxy.js';
 import { createLogger } from '../common/logger.js';
 import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT } from '../common/limits.js';
 import { DEFAULT_VNODES } from '../common/ring.js';
-import { DEFAULT_BATCH_KEYS } from '../proxy/migration.js';
+import { DEFAULT_BATCH_KEYS, DEFAULT_MIGRATE_RATE } from '../proxy/migration.js';
 import { VERSION } from '../common/version.js';
 import { onShutdownSignal, parseSeconds, parseBytes, parseLogLevel, parseNonNegativeInt, parsePort, parsePositiveInt, strict } from './options.js';
 
@@ -21,7 +21,7 @@ const program = strict(new Command('kv-proxy'))
   .option('--connect-timeout <ms>', 'give up connecting to a node after this long', parsePositiveInt(600_000), 1000)
   .option('--request-timeout <ms>', 'drop a node connection that leaves a request unanswered this long', parsePositiveInt(3_600_000), 2000)
   .option('--migrate-batch <keys>', 'keys per IMPORT while moving data: larger moves faster, smaller keeps client latency lower', parsePositiveInt(100_000), DEFAULT_BATCH_KEYS)
-  .option('--migrate-rate <keys/s>', 'most keys moved per second during ADD/REMOVE, to leave CPU to client traffic (0: no limit)', parseNonNegativeInt(100_000_000), 0)
+  .option('--migrate-rate <keys/s>', 'most keys moved per second during ADD/REMOVE, to leave CPU to client traffic (0: no limit)', parseNonNegativeInt(100_000_000), DEFAULT_MIGRATE_RATE)
   .option('--timeout <seconds>', 'close client connections idle this long (0: never)', parseSeconds, 0)
   .option('--max-output <bytes>', 'disconnect a client whose unread replies exceed this', parseBytes, DEFAULT_MAX_OUTPUT)
   .option('--max-line <bytes>', 'longest text-protocol line', parseBytes, DEFAULT_LIMITS.maxLineBytes)

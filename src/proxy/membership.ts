@@ -16,7 +16,7 @@ import type { Logger } from '../common/logger.js';
 import type { BackendPool } from '../common/net/backend.js';
 import type { Router } from './router.js';
 import { StateFile, type PendingMove, type ProxyState } from './ring-state.js';
-import { DEFAULT_BATCH_KEYS, idleProgress, migrate, type MigrationProgress } from './migration.js';
+import { DEFAULT_BATCH_KEYS, DEFAULT_MIGRATE_RATE, idleProgress, migrate, type MigrationProgress } from './migration.js';
 
 export class Membership {
   progress: MigrationProgress = idleProgress();
@@ -30,7 +30,7 @@ export class Membership {
     private readonly log: Logger,
     private readonly batchKeys = DEFAULT_BATCH_KEYS,
     /** Most keys moved per second (0: no limit). */
-    readonly maxKeysPerSec = 0,
+    readonly maxKeysPerSec = DEFAULT_MIGRATE_RATE,
   ) {}
 
   get members(): readonly string[] {

@@ -35,7 +35,7 @@ export interface ProxyOptions {
   requestTimeoutMs?: number;
   /** Keys per IMPORT batch when moving data (default DEFAULT_BATCH_KEYS). */
   migrateBatchKeys?: number;
-  /** Most keys moved per second during ADD/REMOVE; 0 (default) means no limit. */
+  /** Most keys moved per second during ADD/REMOVE (default DEFAULT_MIGRATE_RATE); 0 means no limit. */
   migrateRate?: number;
   logger?: Logger;
 }
