@@ -280,28 +280,23 @@ function movingOp(name: string, rest: Buffer[], source: Backend, target: Backend
  * target, which by then holds whatever the source had.
  */
 function readMoving(key: Buffer, source: Backend, target: Backend, untouched: boolean, done: (r: Reply) => void, shape: (r: Reply) => Reply): void {
-  if (untouched) {
-    source.send(['GET', key], (s) => {
-      if (s.type === 'error') return done(s);
-      if (s.type === 'bulk' && s.value !== null) return done(shape(s));
-      target.send(['XGET', key], (t) => {
-        if (t.type === 'error') return done(t);
-        done(shape(t.type === 'bulk' ? t : NIL));
-      });
-    });
-    return;
-  }
+  if (untouched) return sourceThenTarget(key, source, target, done, shape);
   target.send(['XGET', key], (t) => {
     if (t.type === 'error') return done(t);
     if (t.type === 'int') return done(shape(NIL)); // tombstone: deleted during the move
     if (t.type === 'bulk' && t.value !== null) return done(shape(t));
-    source.send(['GET', key], (s) => {
-      if (s.type === 'error') return done(s);
-      if (s.type === 'bulk' && s.value !== null) return done(shape(s));
-      target.send(['XGET', key], (again) => {
-        if (again.type === 'error') return done(again);
-        done(shape(again.type === 'bulk' ? again : NIL));
-      });
+    sourceThenTarget(key, source, target, done, shape);
+  });
+}
+
+/** GET on the source; on a miss, XGET on the target, whose answer is then the newest state. */
+function sourceThenTarget(key: Buffer, source: Backend, target: Backend, done: (r: Reply) => void, shape: (r: Reply) => Reply): void {
+  source.send(['GET', key], (s) => {
+    if (s.type === 'error') return done(s);
+    if (s.type === 'bulk' && s.value !== null) return done(shape(s));
+    target.send(['XGET', key], (t) => {
+      if (t.type === 'error') return done(t);
+      done(shape(t.type === 'bulk' ? t : NIL));
     });
   });
 }
