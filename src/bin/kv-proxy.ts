@@ -51,7 +51,7 @@ const opts = program.opts<{
 }>();
 const vnodesGiven = program.getOptionValueSource('vnodes') === 'cli';
 
-const log = createLogger('kv-proxy', opts.logLevel);
+const { log, release: releaseLog } = createLogger('kv-proxy', opts.logLevel);
 try {
   const proxy = await startProxy({
     port: opts.port,
@@ -71,12 +71,14 @@ try {
     logger: log,
   });
   console.log(`--- KV Proxy/Gateway running on Port ${proxy.port} ---`);
+  releaseLog();
   onShutdownSignal(async (signal) => {
     log.info({ signal }, 'shutting down');
     await proxy.close();
     log.flush();
   });
 } catch (err) {
+  releaseLog();
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'EADDRINUSE') console.error(`kv-proxy: port ${opts.port} on ${opts.host} is already in use.`);
   else console.error(`kv-proxy: ${(err as Error).message}`);

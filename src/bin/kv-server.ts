@@ -68,7 +68,7 @@ if (opts.repair) {
   process.exit(report.ok ? 0 : 1);
 }
 
-const log = createLogger('kv-server', opts.logLevel);
+const { log, release: releaseLog } = createLogger('kv-server', opts.logLevel);
 try {
   const server = await startServer({
     port,
@@ -86,12 +86,14 @@ try {
     logger: log,
   });
   console.log(`--- Persistent Server Port ${server.port} (WAL: ${path.basename(server.walFile)}) ---`);
+  releaseLog();
   onShutdownSignal(async (signal) => {
     log.info({ signal }, 'shutting down: draining pending writes');
     await server.close();
     log.flush();
   });
 } catch (err) {
+  releaseLog();
   if (err instanceof WalCorruptionError) {
     console.error(`kv-server: ${err.message}`);
     process.exit(2);

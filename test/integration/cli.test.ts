@@ -231,6 +231,32 @@ describe('--log-level', () => {
     expect(warnings, 'warnings or errors logged by an ADD that moved keys').toEqual([]);
   });
 
+  it('the banner is the first line, before what startup logs (a server replaying its WAL, a proxy loading its ring)', async () => {
+    // pino writes asynchronously, so without holding startup lines back they could land first.
+    const port = await freePort();
+    const dir = tempDir('first-line');
+    const first = launchBin(BIN.server, [String(port), '--dir', dir], { cwd: dir });
+    await first.waitForLine(serverBanner(port), 30_000);
+    await hundredRequests(port);
+    await stop(first);
+    const again = launchBin(BIN.server, [String(port), '--dir', dir], { cwd: dir });
+    await again.waitForLine(/"msg":"WAL replayed"/, 30_000);
+    expect(again.stdout[0]).toBe(serverBanner(port));
+
+    const proxyPort = await freePort();
+    const proxyDir = tempDir('first-line-proxy');
+    const proxyArgs = ['--port', String(proxyPort), '--dir', proxyDir];
+    const proxy = launchBin(BIN.proxy, proxyArgs, { cwd: proxyDir });
+    await proxy.waitForLine(PROXY_BANNER, 30_000);
+    expect(await ask(proxyPort, `ADD 127.0.0.1:${port}`)).toMatch(/^OK added /);
+    await stop(proxy);
+    const restarted = launchBin(BIN.proxy, proxyArgs, { cwd: proxyDir });
+    await restarted.waitForLine(/"msg":"ring loaded from state file"/, 30_000);
+    expect(restarted.stdout[0]).toBe(`--- KV Proxy/Gateway running on Port ${proxyPort} ---`);
+    await stop(restarted);
+    await stop(again);
+  });
+
   it('warn: startup info lines are gone, the banner stays', async () => {
     const port = await freePort();
     const server = await launchServer(port, ['--log-level', 'warn']);
