@@ -70,7 +70,7 @@ function expectOk(reply: Reply, what: string): Reply {
 }
 
 /** Move every key whose owner differs between `from` and `to`. Updates `progress` as it goes. */
-export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, progress: MigrationProgress, batchKeys = DEFAULT_BATCH_KEYS, maxKeysPerSec = 0): Promise<void> {
+export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, progress: MigrationProgress, batchKeys = DEFAULT_BATCH_KEYS, maxKeysPerSec = DEFAULT_MIGRATE_RATE): Promise<void> {
   const moved = from.movedTo(to).filter((r) => r.from !== '');
   const bySource = new Map<string, MovedRange[]>();
   for (const r of moved) {
@@ -89,8 +89,9 @@ export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, p
   // Size the work: how many keys the sources hold (the dump scans each of them once).
   const sizes = await Promise.all(progress.sources.map((s) => pool.get(s).call(['DBSIZE'])));
   progress.keysToScan = sizes.reduce((sum, r, i) => sum + (expectOk(r, `DBSIZE on ${progress.sources[i]}`).type === 'int' ? (r as { value: number }).value : 0), 0);
-  // If one source fails, the others stop too (at their next batch), and the error is reported
-  // only once nothing is copying any more: a retry must never race a batch of this attempt.
+  // If one source fails, the others' pushes are stopped too (at their next WAIT), and the error
+  // is reported only once nothing is copying any more: a retry must never race a batch of this
+  // attempt.
   const stop: { reason: unknown } = { reason: undefined };
   const bulkPool = pool.fork();
   // --migrate-rate is for the whole move: each source gets the share of it that its part of

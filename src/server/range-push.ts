@@ -22,7 +22,7 @@ import { encodeDumpFrames, type RangeDumps } from './range-dump.js';
  * meanwhile. A target serves an IMPORT in one go, so every batch queued there delays its
  * clients: with one per source, an ADD with three sources queues three at most.
  */
-export const PUSH_WINDOW = Number(process.env.KV_PUSH_WINDOW ?? 1);
+export const PUSH_WINDOW = 1;
 
 export interface PushPlan {
   token: string;
@@ -160,11 +160,13 @@ class Push {
 
   /** IMPORT one batch into its target(s); resolves once all of them hold it durably. */
   private async send(pool: BackendPool, frames: Buffer[], keys: number): Promise<void> {
-    const used = this.plan.targets.filter((_t, i) => (frames[i]?.length ?? 0) > 0);
+    const { targets } = this.plan;
+    // The labels in use: frames[i] is target i's IMPORT, empty (or absent) when it gets no key.
+    const used = targets.flatMap((_t, i) => ((frames[i]?.length ?? 0) > 0 ? [i] : []));
     // Wait for every reply before judging any: nothing may be in flight once this fails.
-    const replies = await Promise.all(used.map((t) => pool.get(t).callEncoded(frames[this.plan.targets.indexOf(t)]!)));
-    replies.forEach((r: Reply, i) => {
-      if (r.type === 'error') throw new Error(`IMPORT on ${used[i]}: ${r.message}`);
+    const replies = await Promise.all(used.map((i) => pool.get(targets[i]!).callEncoded(frames[i]!)));
+    replies.forEach((r: Reply, j) => {
+      if (r.type === 'error') throw new Error(`IMPORT on ${targets[used[j]!]}: ${r.message}`);
     });
     this.status.moved += keys;
   }

@@ -295,8 +295,9 @@ export class BackendPool {
   constructor(private readonly options: BackendOptions) {}
 
   /**
-   * A second, empty pool with the same settings: separate connections, so that bulk traffic
-   * (migration batches) never queues client requests behind it.
+   * A second, empty pool with the same settings: separate connections, so that slow requests
+   * (a move's RANGEPUSH WAIT, which holds its reply up to 100 ms, and DROPRANGE) never queue
+   * client requests behind them.
    */
   fork(): BackendPool {
     return new BackendPool(this.options);
