@@ -175,6 +175,8 @@ class Push {
 /** The server's pushes: at most one running. */
 export class RangePushes {
   private current: Push | undefined;
+  /** The STARTs, one after the other: each stops the push before it, then begins its own. */
+  private starting: Promise<void> = Promise.resolve();
 
   constructor(private readonly ctx: PushContext) {}
 
@@ -183,9 +185,14 @@ export class RangePushes {
   }
 
   /** Stop the push before (waiting until none of its batches is in flight), then start `plan`. */
-  async start(plan: PushPlan): Promise<void> {
-    if (this.current !== undefined) await this.current.stop();
-    this.current = new Push(plan, this.ctx);
+  start(plan: PushPlan): Promise<void> {
+    // Chained: two STARTs at once would both wait for the same push to stop, and the push the
+    // first one began would then be replaced without being stopped.
+    this.starting = this.starting.then(async () => {
+      if (this.current !== undefined) await this.current.stop();
+      this.current = new Push(plan, this.ctx);
+    });
+    return this.starting;
   }
 
   /** The status of push `token` once it ended or `ms` passed; undefined if it is not the latest push. */

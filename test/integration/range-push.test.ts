@@ -111,6 +111,34 @@ describe('RANGEPUSH', () => {
     while (Date.now() < until) expect(await a.ask('DBSIZE')).toEqual([left]);
   });
 
+  it('two STARTs at once: the one that runs first is stopped by the other, so one push runs', async () => {
+    const keys = Array.from({ length: 2000 }, (_, i) => `race:${i}`);
+    const { server, c } = await loaded('race-src', keys);
+    const [a, b, t] = await Promise.all([startServer({ dir: tempDir('race-a') }), startServer({ dir: tempDir('race-b') }), startServer({ dir: tempDir('race-t') })]);
+    expect(await start(c, 'first', 20, 200, a!)).toBe('+OK\r\n');
+    // Both wait for 'first' to stop; only one of them may be left running afterwards.
+    const other = await RawConnection.connect(server.port);
+    const [one, two] = await Promise.all([start(c, 'one', 20, 200, b!), start(other, 'two', 20, 200, t!)]);
+    expect([one, two]).toEqual(['+OK\r\n', '+OK\r\n']);
+    const [cb, ct] = await Promise.all([RawConnection.connect(b!.port), RawConnection.connect(t!.port)]);
+    const sizes = async (): Promise<string[]> => [...(await cb.ask('DBSIZE')), ...(await ct.ask('DBSIZE'))];
+    const [bBefore, tBefore] = await sizes();
+    await waitFor('the surviving push to send more keys', 10_000, async () => {
+      const [bNow, tNow] = await sizes();
+      return bNow !== bBefore || tNow !== tBefore ? true : undefined;
+    });
+    // One target keeps growing; the other must not grow any more.
+    const [bMid, tMid] = await sizes();
+    const until = Date.now() + 400;
+    let grew = { b: false, t: false };
+    while (Date.now() < until) {
+      const [bNow, tNow] = await sizes();
+      grew = { b: grew.b || bNow !== bMid, t: grew.t || tNow !== tMid };
+    }
+    expect(grew.b && grew.t, `both pushes kept sending (to ${b!.port} and ${t!.port})`).toBe(false);
+    expect(await c.askResp('INFO', 'stats')).toMatch(/migration_pushes_active:1\r\n/);
+  });
+
   it('splits the ranges between several targets by label', async () => {
     const keys = Array.from({ length: 1000 }, (_, i) => `split:${i}`);
     const { c } = await loaded('split-src', keys);
