@@ -231,10 +231,12 @@ function gather(subs: { indexes: number[]; run: Sub }[], keyCount: number, name:
 }
 
 /**
- * One key's operation while it moves from `source` to `target`. `rest` is the key (and, for
+ * One key's operation while it moves from `source` to `target`. `args` is the key (and, for
  * writes, the value). Replies have the shape of the single-key command (MGET -> bulk).
  */
-function movingOp(name: string, rest: Buffer[], source: Backend, target: Backend, writes: MoveWrites): Sub {
+function movingOp(name: string, args: Buffer[], source: Backend, target: Backend, writes: MoveWrites): Sub {
+  // The steps run as replies come in, after the client's read buffer was reused: keep copies.
+  const rest = args.map((b) => Buffer.from(b));
   const key = rest[0]!;
   switch (name) {
     case 'set':

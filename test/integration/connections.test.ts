@@ -257,3 +257,38 @@ describe('--max-output (slow readers)', () => {
     });
   });
 });
+
+// Every client socket of a process reads into one shared buffer (client-listener.ts). What a
+// connection keeps past a read must be a copy, or the next client's read overwrites it.
+describe('the shared read buffer', () => {
+  it('a reply held behind a slow one keeps its bytes while other clients are read', async () => {
+    // A push at 100 keys/s runs for seconds; each RANGEPUSH WAIT on it holds its reply ~100 ms.
+    const target = await startServer({ dir: tempDir('shared-read-target') });
+    const keys = Array.from({ length: 400 }, (_, i) => `shared:${i}`);
+    const owner = await RawConnection.connect(backend.port);
+    expect(await owner.ask(...keys.map((k) => `SET ${k} v`))).toEqual(keys.map(() => 'OK'));
+    const all = ['0', '4294967295', '0'];
+    expect(await owner.askResp('RANGEPUSH', 'START', 'shared-read', '10', '100', '1', `127.0.0.1:${target.port}`, ...all)).toBe('+OK\r\n');
+    try {
+      const marker = `held-${'0123456789abcdef'.repeat(8)}`;
+      const held = await RawConnection.connect(backend.port);
+      // One read: the WAIT answers later, so the ECHO's reply, made now from the request's
+      // bytes in the shared buffer, waits in the queue behind it.
+      held.socket.write(Buffer.concat([resp('RANGEPUSH', 'WAIT', 'shared-read'), resp('ECHO', marker)]));
+      // Meanwhile another client's reads fill the shared buffer with other bytes of the same shape.
+      const other = await RawConnection.connect(backend.port);
+      const flood = Buffer.concat(Array.from({ length: 200 }, () => resp('ECHO', 'z'.repeat(marker.length))));
+      let rounds = 0;
+      while (held.received().length === 0 && rounds < 500) {
+        other.socket.write(flood);
+        for (let i = 0; i < 200; i++) await other.reply();
+        rounds++;
+      }
+      expect(rounds, 'rounds of other reads before the held replies came').toBeGreaterThan(0);
+      expect(await held.reply()).toMatch(/^\*3\r\n:0\r\n:\d+\r\n:\d+\r\n$/);
+      expect(await held.reply()).toBe(`$${marker.length}\r\n${marker}\r\n`);
+    } finally {
+      await owner.askResp('RANGEPUSH', 'STOP', 'shared-read');
+    }
+  });
+});

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Decode, RequestDecoder, tokenize, type RequestDecoderOptions } from '../../src/common/protocol/request-decoder.js';
 import { TEXT_REST } from '../../src/common/commands/table.js';
 import { DEFAULT_LIMITS, type Limits } from '../../src/common/limits.js';
@@ -16,13 +16,20 @@ interface Decoded {
   finalBuffered: number;
 }
 
-/** Push each chunk, then pull until NeedMore. Args are copied out at once (they may be views). */
+/**
+ * Push each chunk, then pull until NeedMore. Each chunk arrives in one reused read buffer, as
+ * ClientConnection's do: after own(), the buffer is scribbled over before the next read, so a
+ * decoder still holding a view into it would decode garbage. Args are copied out at once.
+ */
 function decode(chunks: readonly Buffer[], options: RequestDecoderOptions = { textRest: TEXT_REST }): Decoded {
   const decoder = new RequestDecoder(options);
   const events: Event[] = [];
   let maxBufferedAfterNext = 0;
+  const readBuffer = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
   for (const chunk of chunks) {
-    decoder.push(chunk);
+    readBuffer.fill(0xee);
+    chunk.copy(readBuffer);
+    decoder.push(readBuffer.subarray(0, chunk.length));
     for (;;) {
       const status = decoder.next();
       if (status === Decode.NeedMore) break;
@@ -30,6 +37,7 @@ function decode(chunks: readonly Buffer[], options: RequestDecoderOptions = { te
       else if (status === Decode.Error) events.push({ kind: 'error', error: decoder.error, resp: decoder.resp });
       else events.push({ kind: 'fatal', error: decoder.error, resp: decoder.resp });
     }
+    decoder.own();
     maxBufferedAfterNext = Math.max(maxBufferedAfterNext, decoder.buffered);
   }
   return { events, maxBufferedAfterNext, finalBuffered: decoder.buffered };
@@ -282,6 +290,33 @@ describe('RequestDecoder: bounds', () => {
     expect(decoder.args.map((a) => a.toString())).toEqual(['GET', 'a']);
     expect(decoder.next()).toBe(Decode.NeedMore);
     expect(decoder.buffered).toBe(0);
+  });
+
+  it('own() copies each byte of a large request once, however many reads it spans', () => {
+    // A 4 MiB SET read 64 KiB at a time into one reused buffer: copying all that is held at each
+    // read would copy ~128 MiB; copying only what arrived since the last own() copies 4 MiB.
+    const value = Buffer.alloc(4 * 1024 * 1024, 0x76);
+    const frame = Buffer.concat([Buffer.from(`*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$${value.length}\r\n`), value, Buffer.from('\r\n')]);
+    const decoder = new RequestDecoder();
+    const readBuffer = Buffer.alloc(64 * 1024);
+    const from = vi.spyOn(Buffer, 'from');
+    let copied = 0;
+    let args: string[] = [];
+    try {
+      for (let at = 0; at < frame.length; at += readBuffer.length) {
+        const n = frame.copy(readBuffer, 0, at);
+        decoder.push(readBuffer.subarray(0, n));
+        if (decoder.next() === Decode.Request) args = decoder.args.map((a) => (a.length > 16 ? `${a.length} bytes of ${a.every((b) => b === 0x76) ? 'v' : '?'}` : a.toString()));
+        decoder.own();
+        readBuffer.fill(0xee);
+      }
+      for (const call of from.mock.calls) copied += (call[0] as Buffer).length;
+    } finally {
+      from.mockRestore();
+    }
+    expect(args).toEqual(['SET', 'k', `${value.length} bytes of v`]);
+    expect(copied).toBeGreaterThan(0);
+    expect(copied).toBeLessThanOrEqual(frame.length);
   });
 
   it('a text line of exactly the line limit, ending in CRLF, is accepted however it is split', () => {

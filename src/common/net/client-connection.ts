@@ -11,7 +11,7 @@ import { RequestDecoder, Decode } from '../protocol/request-decoder.js';
 import { ByteSink } from '../protocol/byte-sink.js';
 import { writeRespReply } from '../protocol/resp.js';
 import { writeTextReply, type TextStyle } from '../protocol/text.js';
-import { error, OK, type Reply } from '../protocol/reply.js';
+import { error, OK, ownedReply, type Reply } from '../protocol/reply.js';
 import { arityError, hasFlag, lookupCommand, TEXT_REST, type CommandSpec } from '../commands/table.js';
 import { CommandError } from '../errors.js';
 import { DEFAULT_MAX_OUTPUT, type Limits } from '../limits.js';
@@ -30,6 +30,10 @@ export type Answer = Reply | typeof LATER | typeof LATER_EXCLUSIVE;
 export interface Executor {
   /** Which commands this process serves; anything else is an unknown command. */
   serves(spec: CommandSpec): boolean;
+  /**
+   * `args` are views into the client's read buffer, valid only until this returns: copy
+   * whatever is kept longer (the store and the backend queues copy what they are given).
+   */
   execute(conn: ClientConnection, spec: CommandSpec, args: Buffer[], slot: number): Answer;
 }
 
@@ -55,6 +59,11 @@ export interface ConnectionOptions {
   idleTimeoutMs?: number | undefined;
   onClose?: (conn: ClientConnection) => void;
   onCommand?: () => void;
+  /**
+   * Read the socket's 'data' events. Otherwise its owner calls received() with each read
+   * (ClientListener: a shared read buffer).
+   */
+  streamReads?: boolean | undefined;
 }
 
 interface Slot {
@@ -133,7 +142,7 @@ export class ClientConnection {
         if (this.slots.length === 0 && this.held.length === 0) socket.destroy();
       });
     }
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (options.streamReads !== false) socket.on('data', (chunk: Buffer) => this.received(chunk));
     // The listener runs with allowHalfOpen: a client that sends its requests and then shuts
     // down its side (`nc -q1`, `printf ... | nc`) still gets every reply, including those held
     // for an fsync or a backend. We end our side once the last reply is out.
@@ -157,10 +166,18 @@ export class ClientConnection {
     return this.closed;
   }
 
-  private onData(chunk: Buffer): void {
+  /**
+   * Bytes from the client. `chunk` may be a view into memory reused for the next read: every
+   * request in it is executed now, and what is left of it (a request not complete yet, or not
+   * run yet because this client must wait) is copied before this returns. So executors must
+   * copy any argument they keep past execute(), and a reply queued behind an outstanding one
+   * is copied too (see reply()).
+   */
+  received(chunk: Buffer): void {
     if (this.quitting || this.closed) return;
     this.decoder.push(chunk);
     this.resumeDecoding();
+    this.decoder.own();
   }
 
   private drainRequests(): void {
@@ -264,7 +281,8 @@ export class ClientConnection {
   /** Queue a reply in order: straight into the sink when nothing is outstanding. */
   private reply(reply: Reply, resp: boolean, style: TextStyle): void {
     if (this.slots.length > 0) {
-      this.slots.push({ resp, style, reply, exclusive: false });
+      // Kept past this read: it may hold an argument's bytes (ECHO, PING msg).
+      this.slots.push({ resp, style, reply: ownedReply(reply), exclusive: false });
       return;
     }
     this.slotBase++;

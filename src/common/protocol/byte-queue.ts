@@ -1,6 +1,10 @@
 // A queue of received bytes for the push-style decoders. Chunks are only merged when a frame
 // element is known to be complete, and a line is scanned for its newline once per byte, so
 // a peer that dribbles bytes one at a time costs linear work, not quadratic.
+//
+// A pushed chunk may be borrowed: a view into memory its owner reuses (the listener's shared
+// read buffer). own() copies what is still held of borrowed chunks, so the caller can return
+// the memory; each byte is copied at most once, however many reads a large frame spans.
 
 const EMPTY = Buffer.alloc(0);
 const LF = 0x0a;
@@ -13,6 +17,10 @@ export class ByteQueue {
   private tailBytes = 0;
   /** Bytes after `pos` already known to contain no LF. */
   private scanned = 0;
+  /** `head` is ours (merged, copied or empty), not a pushed chunk. */
+  private headOwned = true;
+  /** tail[0 .. ownedTail) are copies; the chunks after them were pushed since the last own(). */
+  private ownedTail = 0;
 
   get available(): number {
     return this.head.length - this.pos + this.tailBytes;
@@ -22,6 +30,7 @@ export class ByteQueue {
     if (chunk.length === 0) return;
     if (this.pos >= this.head.length && this.tailBytes === 0) {
       this.head = chunk;
+      this.headOwned = false;
       this.pos = 0;
       this.scanned = 0;
     } else {
@@ -77,13 +86,28 @@ export class ByteQueue {
     this.scanned = 0;
     if (this.pos >= this.head.length && this.tailBytes === 0) {
       this.head = EMPTY;
+      this.headOwned = true;
       this.pos = 0;
     }
+  }
+
+  /** Copy the bytes still held that live in pushed chunks: their memory may be reused after this. */
+  own(): void {
+    if (!this.headOwned) {
+      // `scanned` counts from `pos`, so it still holds for the copy.
+      this.head = this.pos < this.head.length ? Buffer.from(this.head.subarray(this.pos)) : EMPTY;
+      this.pos = 0;
+      this.headOwned = true;
+    }
+    for (let i = this.ownedTail; i < this.tail.length; i++) this.tail[i] = Buffer.from(this.tail[i]!);
+    this.ownedTail = this.tail.length;
   }
 
   /** Drop everything buffered (used when discarding an over-long line). */
   clear(): void {
     this.head = EMPTY;
+    this.headOwned = true;
+    this.ownedTail = 0;
     this.pos = 0;
     this.tail = [];
     this.tailBytes = 0;
@@ -95,8 +119,10 @@ export class ByteQueue {
     const merged = Buffer.concat(parts, this.head.length - this.pos + this.tailBytes);
     // Keep the scanned count relative to pos: it is unchanged by a merge.
     this.head = merged;
+    this.headOwned = true;
     this.pos = 0;
     this.tail = [];
+    this.ownedTail = 0;
     this.tailBytes = 0;
   }
 }

@@ -36,6 +36,13 @@ export function array(items: Reply[] | null): Reply {
   return { type: 'array', items };
 }
 
+/** `reply` with copies of its bulk strings, for keeping it past the buffer they may be views of. */
+export function ownedReply(reply: Reply): Reply {
+  if (reply.type === 'bulk') return reply.value === null ? reply : bulk(Buffer.from(reply.value));
+  if (reply.type === 'array' && reply.items !== null) return array(reply.items.map(ownedReply));
+  return reply;
+}
+
 export function isError(reply: Reply): reply is { type: 'error'; message: string } {
   return reply.type === 'error';
 }

@@ -8,6 +8,9 @@
 //
 // `next()` returns a status instead of an object so the hot path allocates nothing but the
 // argument array. "Need more bytes" is not an error (STYLE habit 3).
+//
+// The arguments are views into the pushed bytes, so they are valid only until the caller
+// reuses the memory it pushed: call own() before that, and copy any argument kept longer.
 import { ByteQueue, parseIntBytes } from './byte-queue.js';
 import type { Limits } from '../limits.js';
 import { DEFAULT_LIMITS } from '../limits.js';
@@ -50,6 +53,8 @@ export class RequestDecoder {
   private arrayLeft = 0;
   private bulkLen = -1;
   private partial: Buffer[] = [];
+  /** partial[0 .. partialOwned) are copies (see own()). */
+  private partialOwned = 0;
   /** Discarding the rest of an over-long text line. */
   private skippingLine = false;
   private fatal = false;
@@ -75,6 +80,17 @@ export class RequestDecoder {
     this.q.push(chunk);
   }
 
+  /**
+   * Copy what is still held of the pushed bytes (a request not complete yet, or not decoded
+   * yet), so the memory they were pushed in can be reused. Arguments returned so far are not
+   * copied: they are the caller's to copy if it keeps them.
+   */
+  own(): void {
+    this.q.own();
+    for (let i = this.partialOwned; i < this.partial.length; i++) this.partial[i] = Buffer.from(this.partial[i]!);
+    this.partialOwned = this.partial.length;
+  }
+
   next(): Decode {
     if (this.fatal) return Decode.NeedMore;
     for (;;) {
@@ -94,6 +110,7 @@ export class RequestDecoder {
         if (n <= 0) continue; // `*0` / `*-1`: Redis ignores these, and so do we
         this.arrayLeft = n;
         this.partial = [];
+        this.partialOwned = 0;
         this.bulkLen = -1;
         continue;
       }
@@ -134,6 +151,7 @@ export class RequestDecoder {
     }
     this.args = this.partial;
     this.partial = [];
+    this.partialOwned = 0;
     this.resp = true;
     return Decode.Request;
   }
@@ -180,6 +198,7 @@ export class RequestDecoder {
     this.error = message;
     this.q.clear();
     this.partial = [];
+    this.partialOwned = 0;
     this.arrayLeft = 0;
     return Decode.Fatal;
   }
