@@ -28,8 +28,20 @@ export interface Proc {
 
 const started: Proc[] = [];
 
+const tempDirs: string[] = [];
+
+/** A fresh directory under the OS temp dir, removed when the bench exits (a 1M-key run leaves ~190 MB of WALs). */
 export function tempDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
+
+const exitHooks: (() => void)[] = [];
+
+/** Run `hook` when the bench exits, before its processes are stopped and its temp dirs removed. */
+export function atExit(hook: () => void): void {
+  exitHooks.push(hook);
 }
 
 /** BENCH_PROFILE_DIR=dir: every process writes a V8 CPU profile there when the bench ends. */
@@ -101,7 +113,17 @@ export function stopAll(): void {
   started.length = 0;
 }
 
-process.on('exit', stopAll);
+process.on('exit', () => {
+  for (const hook of exitHooks.splice(0)) hook();
+  stopAll();
+  for (const dir of tempDirs.splice(0)) {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+    } catch (err) {
+      console.error(`could not remove ${dir}: ${(err as Error).message}`);
+    }
+  }
+});
 process.on('SIGINT', () => {
   stopAll();
   process.exit(130);

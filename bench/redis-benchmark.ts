@@ -16,7 +16,7 @@ import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
-import { freePort, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
+import { atExit, freePort, startProxy, startServer, tempDir, type Proc } from './cluster.js';
 import { pipelined } from './load.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
@@ -140,7 +140,7 @@ if (peerAvailable) {
   const started = spawnSync('bash', [PEER, 'start', peerDir], { encoding: 'utf8' });
   if (started.status !== 0) throw new Error(`peer failed to start: ${started.stderr}`);
 }
-process.on('exit', () => {
+atExit(() => {
   if (peerAvailable) spawnSync('bash', [PEER, 'stop', peerDir]);
 });
 
@@ -232,7 +232,5 @@ if (peerAvailable) {
 
 console.log('\n| measure | kvstore | peer / reference | ratio | target |\n|---|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.join(' | ')} |`);
-stopAll();
-fs.rmSync(dir, { recursive: true, force: true });
-fs.rmSync(memDir, { recursive: true, force: true });
+// Exiting stops every process started and removes the temp dirs (bench/cluster.ts).
 process.exit(0);
