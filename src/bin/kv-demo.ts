@@ -5,13 +5,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import fs from 'node:fs';
 import readline from 'node:readline';
 import { Command } from 'commander';
 import { ProxyConnection } from '../client/connection.js';
 import { VERSION } from '../common/version.js';
 import { InvalidArgumentError } from 'commander';
 import { parsePort, strict } from './options.js';
+import { makeDirectory } from '../common/durable-file.js';
 
 function parsePortList(value: string): number[] {
   const ports = value.split(',').map((p) => parsePort(p.trim()));
@@ -29,7 +29,12 @@ const program = strict(new Command('kv-demo'))
 const opts = program.opts<{ dir: string; proxyPort: number; serverPorts: number[] }>();
 const serverPorts = opts.serverPorts;
 const dir = path.resolve(opts.dir);
-fs.mkdirSync(dir, { recursive: true });
+try {
+  makeDirectory(dir);
+} catch (err) {
+  console.error(`kv-demo: ${(err as Error).message}`);
+  process.exit(1);
+}
 
 const binDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin');
 const children: { name: string; proc: ChildProcess }[] = [];

@@ -15,6 +15,7 @@ import { BackendPool, type Backend } from '../common/net/backend.js';
 import { Router } from './router.js';
 import { Membership } from './membership.js';
 import { StateFile, emptyState } from './ring-state.js';
+import { makeDirectory } from '../common/durable-file.js';
 
 export interface ProxyOptions {
   port: number;
@@ -202,6 +203,8 @@ export async function startProxy(options: ProxyOptions): Promise<ProxyHandle> {
   const file = StateFile.forPort(path.resolve(options.dir ?? '.'), port);
   let state;
   try {
+    // Fail now, not at the first ADD, if the state file's directory cannot be made.
+    makeDirectory(path.dirname(file.file));
     state = file.load();
   } catch (err) {
     await listener.stop();

@@ -1,6 +1,7 @@
 // kv-server: accept loop, WAL replay at boot, durability gate for replies, phased shutdown.
 import path from 'node:path';
 import fs from 'node:fs';
+import { makeDirectory } from '../common/durable-file.js';
 import { ShardedStore } from './store.js';
 import { DurableStore } from './durable-store.js';
 import { Prefaulter } from './prefault.js';
@@ -196,7 +197,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
   const limits = options.limits ?? DEFAULT_LIMITS;
   const maxClients = options.maxClients ?? DEFAULT_MAX_CLIENTS;
   const password = options.password ? new PasswordCheck(options.password) : undefined;
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
 
   // Bind first: the port doubles as a lock on wal_<port>.log, so two servers started on the same
   // port cannot both append to one log. Connections wait until the replay is done.

@@ -110,6 +110,32 @@ describe('bad values exit non-zero with a clear message on stderr', () => {
   });
 });
 
+describe('a --dir that cannot be created: exit 1 at once, naming it', () => {
+  // Under a regular file; and under /proc, where fs.mkdirSync's recursive mode loops forever on
+  // Node 20 (kv-server used to spin there at full CPU, and kv-proxy at its first ADD).
+  const blocked = (): string[] => {
+    const file = path.join(tempDir('cli-dir'), 'a-file');
+    fs.writeFileSync(file, '');
+    return [path.join(file, 'data'), '/proc/kvstore-no-such-dir/data'];
+  };
+  const runs: [BinName, (port: number, dir: string) => string[]][] = [
+    ['kv-server', (port, dir) => [String(port), '--dir', dir]],
+    ['kv-proxy', (port, dir) => ['--port', String(port), '--dir', dir]],
+    ['kv-demo', (port, dir) => ['--proxy-port', String(port), '--dir', dir]],
+  ];
+  it.each(runs)('%s', async (bin, args) => {
+    for (const dir of blocked()) {
+      const r = await runBin(bin, args(await freePort(), dir));
+      const why = describeRun(r);
+      expect(r.signal, `still running at 20 s instead of refusing\n${why}`).toBeNull();
+      expect(r.code, why).toBe(1);
+      expect(r.stderr, why).toContain(`${bin}: cannot create the directory ${dir}: `);
+      expect(r.stderr, `a stack trace instead of a message\n${why}`).not.toMatch(/^\s+at /m);
+      expect(r.stdout, why).not.toMatch(/running on port/i);
+    }
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // --log-level
 
