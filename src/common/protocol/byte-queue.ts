@@ -1,6 +1,9 @@
 // A queue of received bytes for the push-style decoders. Chunks are only merged when a frame
-// element is known to be complete, and a line is scanned for its newline once per byte, so
-// a peer that dribbles bytes one at a time costs linear work, not quadratic.
+// element is known to be complete, and then only the bytes of that element are copied (the
+// rest of the chunk it ends in stays where it is); a line is scanned for its newline once per
+// byte. So a peer that dribbles bytes one at a time costs linear work, not quadratic, and a
+// stream of requests cut at arbitrary read boundaries copies only the requests that straddle
+// one.
 //
 // A pushed chunk may be borrowed: a view into memory its owner reuses (the listener's shared
 // read buffer). own() copies what is still held of borrowed chunks, so the caller can return
@@ -10,13 +13,15 @@ const EMPTY = Buffer.alloc(0);
 const LF = 0x0a;
 
 export class ByteQueue {
-  /** Merged working buffer; bytes before `pos` are consumed. */
+  /** Working buffer (a pushed chunk, or a merge); bytes before `pos` are consumed. */
   head: Buffer = EMPTY;
   pos = 0;
   private tail: Buffer[] = [];
   private tailBytes = 0;
   /** Bytes after `pos` already known to contain no LF. */
   private scanned = 0;
+  /** When `scanned` reaches past the head: tail[0 .. scannedChunks) are the chunks it covers. */
+  private scannedChunks = 0;
   /** `head` is ours (merged, copied or empty), not a pushed chunk. */
   private headOwned = true;
   /** tail[0 .. ownedTail) are copies; the chunks after them were pushed since the last own(). */
@@ -33,6 +38,7 @@ export class ByteQueue {
       this.headOwned = false;
       this.pos = 0;
       this.scanned = 0;
+      this.scannedChunks = 0;
     } else {
       this.tail.push(chunk);
       this.tailBytes += chunk.length;
@@ -44,13 +50,13 @@ export class ByteQueue {
     const inHead = this.head.length - this.pos;
     if (inHead >= n) return true;
     if (inHead + this.tailBytes < n) return false;
-    this.merge();
+    this.mergeFirst(n);
     return true;
   }
 
   /**
    * Index in `head` of the next LF at or after `pos`, or -1. Bytes already scanned are not
-   * scanned again; `unscannedLength` reports how long the line is so far, for bounds checks.
+   * scanned again; `lineLength` reports how long the line is so far, for bounds checks.
    */
   indexOfLF(): number {
     const inHead = this.head.length - this.pos;
@@ -58,19 +64,21 @@ export class ByteQueue {
       const i = this.head.indexOf(LF, this.pos + this.scanned);
       if (i >= 0) return i;
       this.scanned = inHead;
+      this.scannedChunks = 0;
     }
-    if (this.tailBytes === 0) return -1;
-    // Look through the unmerged chunks; merge only once a newline is there.
-    let seen = inHead;
-    for (const chunk of this.tail) {
-      if (seen + chunk.length > this.scanned) {
-        const from = Math.max(0, this.scanned - seen);
-        if (chunk.indexOf(LF, from) >= 0) {
-          this.merge();
-          return this.head.indexOf(LF, this.pos + this.scanned);
-        }
+    // Look through the tail chunks not scanned yet (each is scanned once, however many calls a
+    // line takes to arrive); merge only once a newline is there.
+    let seen = this.scanned;
+    for (let k = this.scannedChunks; k < this.tail.length; k++) {
+      const chunk = this.tail[k]!;
+      const lf = chunk.indexOf(LF);
+      if (lf >= 0) {
+        // Make the line contiguous, up to and including its LF (head[0 .. seen + lf]).
+        this.mergeFirst(seen + lf + 1);
+        return seen + lf;
       }
       seen += chunk.length;
+      this.scannedChunks = k + 1;
     }
     this.scanned = seen;
     return -1;
@@ -84,11 +92,21 @@ export class ByteQueue {
   consume(n: number): void {
     this.pos += n;
     this.scanned = 0;
-    if (this.pos >= this.head.length && this.tailBytes === 0) {
+    this.scannedChunks = 0;
+    if (this.pos < this.head.length) return;
+    if (this.tailBytes === 0) {
       this.head = EMPTY;
       this.headOwned = true;
       this.pos = 0;
+      return;
     }
+    // The head is used up: the next chunk becomes the head, as it is.
+    const next = this.tail.shift()!;
+    this.tailBytes -= next.length;
+    this.head = next;
+    this.headOwned = this.ownedTail > 0;
+    if (this.ownedTail > 0) this.ownedTail--;
+    this.pos = 0;
   }
 
   /** Copy the bytes still held that live in pushed chunks: their memory may be reused after this. */
@@ -112,18 +130,39 @@ export class ByteQueue {
     this.tail = [];
     this.tailBytes = 0;
     this.scanned = 0;
+    this.scannedChunks = 0;
   }
 
-  private merge(): void {
-    const parts = [this.head.subarray(this.pos), ...this.tail];
-    const merged = Buffer.concat(parts, this.head.length - this.pos + this.tailBytes);
-    // Keep the scanned count relative to pos: it is unchanged by a merge.
+  /**
+   * Make head[pos..] hold at least `n` bytes (n <= available): copy the rest of the head and the
+   * first bytes of the tail into a new head, taking from the tail only what `n` needs. What is
+   * left of a chunk stays a view of it.
+   */
+  private mergeFirst(n: number): void {
+    const rest = this.head.length - this.pos;
+    const merged = Buffer.allocUnsafe(n);
+    this.head.copy(merged, 0, this.pos);
+    let filled = rest;
+    let used = 0; // tail chunks taken whole
+    while (filled < n) {
+      const chunk = this.tail[used]!;
+      const take = Math.min(chunk.length, n - filled);
+      chunk.copy(merged, filled, 0, take);
+      filled += take;
+      this.tailBytes -= take;
+      if (take === chunk.length) used++;
+      else this.tail[used] = chunk.subarray(take);
+    }
+    if (used > 0) {
+      this.tail.splice(0, used);
+      this.ownedTail = Math.max(0, this.ownedTail - used);
+    }
     this.head = merged;
     this.headOwned = true;
     this.pos = 0;
-    this.tail = [];
-    this.ownedTail = 0;
-    this.tailBytes = 0;
+    // What was scanned of the merged bytes still holds; the tail is rescanned from its start.
+    this.scanned = Math.min(this.scanned, n);
+    this.scannedChunks = 0;
   }
 }
 
