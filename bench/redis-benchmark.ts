@@ -141,8 +141,34 @@ if (peerAvailable) {
   if (started.status !== 0) throw new Error(`peer failed to start: ${started.stderr}`);
 }
 atExit(() => {
-  if (peerAvailable) spawnSync('bash', [PEER, 'stop', peerDir]);
+  if (peerAvailable) stopPeer(peerDir);
 });
+
+/**
+ * The peer script's stop only signals its processes; wait (up to 5 s) until they are gone, so
+ * that their last log lines are written before the directory is removed.
+ */
+function stopPeer(peerDir: string): void {
+  const pids = ['redis-7101.pid', 'redis-7102.pid', 'nutcracker.pid'].flatMap((f) => {
+    try {
+      return [Number(fs.readFileSync(path.join(peerDir, f), 'utf8').trim())];
+    } catch {
+      return [];
+    }
+  });
+  spawnSync('bash', [PEER, 'stop', peerDir]);
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  const deadline = performance.now() + 5000;
+  while (pids.some(alive) && performance.now() < deadline) Atomics.wait(pause, 0, 0, 20);
+}
 
 console.log(`\n1. redis-benchmark -t set,get -r 100000 -c 50 -n ${REQUESTS}, plain and -P 16, alternating A B (${ROUNDS} rounds)`);
 for (const [label, extra] of [
