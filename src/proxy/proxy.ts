@@ -166,7 +166,7 @@ class ProxyExecutor implements Executor {
           uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
           node_version: process.version,
         },
-        Clients: { connected_clients: this.listener.clients.size, maxclients: this.settings.maxClients },
+        Clients: { connected_clients: this.listener.clients.size, maxclients: this.settings.maxClients, client_reads: this.listener.readMode },
         Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
         Persistence: { loading: 0 },
         Stats: {

@@ -138,7 +138,7 @@ export class ServerState implements OutputGate {
           uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
           node_version: process.version,
         },
-        Clients: { connected_clients: this.listener.clients.size, maxclients: this.options.maxClients },
+        Clients: { connected_clients: this.listener.clients.size, maxclients: this.options.maxClients, client_reads: this.listener.readMode },
         Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
         Persistence: {
           loading: 0,

@@ -103,6 +103,8 @@ describe('INFO on a server', () => {
     expect(expectWholeNumber(i, 'uptime_in_seconds')).toBeLessThanOrEqual(Math.ceil((Date.now() - startedAt) / 1000) + 1);
     // Our connection plus the proxy's.
     expect(expectWholeNumber(i, 'connected_clients')).toBeGreaterThanOrEqual(2);
+    // Client sockets read into the shared buffer (a Node that no longer allows it falls back to streams).
+    expect(infoField(i, 'client_reads')).toBe('shared_buffer');
     expect(expectWholeNumber(i, 'used_memory')).toBeGreaterThan(0);
 
     // Keyspace agrees with DBSIZE, and this server holds some of the keys written through the proxy.
@@ -165,6 +167,7 @@ describe('INFO on the proxy', () => {
     expect(Number(infoField(i, 'process_id'))).toBe(proxy.pid);
     for (const key of COMMON_NUMERIC) expectWholeNumber(i, key);
     expect(expectWholeNumber(i, 'connected_clients')).toBeGreaterThanOrEqual(1);
+    expect(infoField(i, 'client_reads')).toBe('shared_buffer');
 
     const cluster = i.get('Cluster')!;
     expect(cluster.get('nodes')).toBe('3');

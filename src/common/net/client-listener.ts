@@ -39,6 +39,8 @@ export class ClientListener {
   readonly clients = new Set<ClientConnection>();
   totalConnections = 0;
   totalCommands = 0;
+  /** How client sockets read: into the shared buffer, or (fallback) as streams. INFO shows it. */
+  readMode: 'shared_buffer' | 'stream' = 'shared_buffer';
   /** Commands in the last whole second. */
   opsPerSec = 0;
   private opsTimer: NodeJS.Timeout | undefined;
@@ -83,6 +85,7 @@ export class ClientListener {
       let conn: ClientConnection | undefined;
       const shared = sharedReads(accepted, readBuffer, (chunk) => conn!.received(chunk));
       const socket = shared ?? accepted;
+      this.readMode = shared === undefined ? 'stream' : 'shared_buffer';
       conn = new ClientConnection(socket, {
         streamReads: shared === undefined,
         ...options,
