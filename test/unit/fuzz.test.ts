@@ -22,23 +22,38 @@ const arbOptions = fc.constantFrom<RequestDecoderOptions>({ textRest: TEXT_REST 
 
 type Event = [Decode, string];
 
-/** Feed chunks, pulling after each; returns what came out. Throws only if the decoder does. */
-function runRequestDecoder(chunks: readonly Buffer[], options: RequestDecoderOptions): Event[] {
+/**
+ * Feed chunks, pulling after each; returns what came out. Throws only if the decoder does.
+ * Each chunk arrives in one reused read buffer, as ClientConnection's do: after own(), the
+ * buffer is scribbled over. `pullLimit` stops pulling after that many results per read (a
+ * client that must wait, with requests left undecoded); the rest is pulled after the last read.
+ */
+function runRequestDecoder(chunks: readonly Buffer[], options: RequestDecoderOptions, pullLimit = Infinity): Event[] {
   const decoder = new RequestDecoder(options);
   const events: Event[] = [];
   let fatal = false;
-  for (const chunk of chunks) {
-    decoder.push(chunk);
-    for (let guard = 0; ; guard++) {
+  const readBuffer = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
+  const pull = (limit: number, guardBytes: number): void => {
+    for (let guard = 0; guard < limit; guard++) {
       const status = decoder.next();
       if (![Decode.NeedMore, Decode.Request, Decode.Error, Decode.Fatal].includes(status)) throw new Error(`unknown status ${String(status)}`);
       if (status === Decode.NeedMore) break;
       if (fatal) throw new Error('decoder produced output after Fatal');
-      if (guard > chunk.length + 1000) throw new Error('decoder does not make progress');
+      if (guard > guardBytes + 1000) throw new Error('decoder does not make progress');
       if (status === Decode.Fatal) fatal = true;
       events.push([status, status === Decode.Request ? decoder.args.map((a) => a.toString('latin1')).join('\u0001') : decoder.error]);
     }
+  };
+  let total = 0;
+  for (const chunk of chunks) {
+    chunk.copy(readBuffer);
+    decoder.push(readBuffer.subarray(0, chunk.length));
+    total += chunk.length;
+    pull(pullLimit, chunk.length);
+    decoder.own();
+    readBuffer.fill(0xee);
   }
+  pull(Infinity, total);
   return events;
 }
 
@@ -57,6 +72,15 @@ describe('fuzz: RequestDecoder', () => {
       fc.property(arbInput, arbCuts, (bytes, cuts) => {
         const options = { textRest: TEXT_REST };
         expect(runRequestDecoder(cutAt(bytes, cuts), options)).toEqual(runRequestDecoder([bytes], options));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('decodes the same requests when some are left undecoded across reads of a reused buffer', () => {
+    fc.assert(
+      fc.property(arbInput, arbCuts, fc.integer({ min: 0, max: 3 }), arbOptions, (bytes, cuts, pullLimit, options) => {
+        expect(runRequestDecoder(cutAt(bytes, cuts), options, pullLimit)).toEqual(runRequestDecoder([bytes], options));
       }),
       { numRuns: 3000 },
     );
