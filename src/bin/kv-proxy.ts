@@ -70,13 +70,15 @@ try {
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
     logger: log,
   });
-  console.log(`--- KV Proxy/Gateway running on Port ${proxy.port} ---`);
-  releaseLog();
+  // The handler first: a script that waits for the banner and then sends SIGTERM must find it
+  // installed (before, a signal in between took Node's default action and killed the process).
   onShutdownSignal(async (signal) => {
     log.info({ signal }, 'shutting down');
     await proxy.close();
     log.flush();
   });
+  console.log(`--- KV Proxy/Gateway running on Port ${proxy.port} ---`);
+  releaseLog();
 } catch (err) {
   releaseLog();
   const code = (err as NodeJS.ErrnoException).code;

@@ -85,13 +85,15 @@ try {
     walPreallocate: opts.walPreallocate,
     logger: log,
   });
-  console.log(`--- Persistent Server Port ${server.port} (WAL: ${path.basename(server.walFile)}) ---`);
-  releaseLog();
+  // The handler first: a script that waits for the banner and then sends SIGTERM must find it
+  // installed (before, a signal in between took Node's default action and killed the process).
   onShutdownSignal(async (signal) => {
     log.info({ signal }, 'shutting down: draining pending writes');
     await server.close();
     log.flush();
   });
+  console.log(`--- Persistent Server Port ${server.port} (WAL: ${path.basename(server.walFile)}) ---`);
+  releaseLog();
 } catch (err) {
   releaseLog();
   if (err instanceof WalCorruptionError) {
