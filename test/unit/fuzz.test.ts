@@ -77,9 +77,12 @@ describe('fuzz: RequestDecoder', () => {
     );
   });
 
-  it('decodes the same requests when some are left undecoded across reads of a reused buffer', () => {
+  it('decodes the same requests when some are left undecoded across reads of a reused buffer (default limits)', () => {
+    // Default limits, as above: with small ones, an over-long line still arriving is refused as
+    // too long while the same line whole is refused for its content, so the split matters.
     fc.assert(
-      fc.property(arbInput, arbCuts, fc.integer({ min: 0, max: 3 }), arbOptions, (bytes, cuts, pullLimit, options) => {
+      fc.property(arbInput, arbCuts, fc.integer({ min: 0, max: 3 }), (bytes, cuts, pullLimit) => {
+        const options = { textRest: TEXT_REST };
         expect(runRequestDecoder(cutAt(bytes, cuts), options, pullLimit)).toEqual(runRequestDecoder([bytes], options));
       }),
       { numRuns: 3000 },
