@@ -53,3 +53,17 @@ export function seededBytes(seed: number, length: number): Buffer {
   return out;
 }
 
+
+/**
+ * `chunks` as the listener's shared read buffer delivers them (src/common/net/client-listener.ts):
+ * each one a view into the same buffer, which is scribbled over (0xee) before the next chunk is
+ * copied in. A decoder still holding a view after its own() then reads the scribble.
+ */
+export function* inOneReadBuffer(chunks: readonly Buffer[]): Generator<Buffer> {
+  const buffer = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
+  for (const chunk of chunks) {
+    buffer.fill(0xee);
+    chunk.copy(buffer);
+    yield buffer.subarray(0, chunk.length);
+  }
+}

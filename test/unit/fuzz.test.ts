@@ -5,7 +5,7 @@ import { encodeRespReply, encodeRespRequest, ReplyDecoder } from '../../src/comm
 import { TEXT_REST } from '../../src/common/commands/table.js';
 import type { Limits } from '../../src/common/limits.js';
 import type { Reply } from '../../src/common/protocol/reply.js';
-import { cutAt } from './chunking.js';
+import { cutAt, inOneReadBuffer } from './chunking.js';
 
 const SMALL: Limits = { maxLineBytes: 24, maxBulkBytes: 48, maxArgs: 6 };
 
@@ -32,7 +32,6 @@ function runRequestDecoder(chunks: readonly Buffer[], options: RequestDecoderOpt
   const decoder = new RequestDecoder(options);
   const events: Event[] = [];
   let fatal = false;
-  const readBuffer = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
   const pull = (limit: number, guardBytes: number): void => {
     for (let guard = 0; guard < limit; guard++) {
       const status = decoder.next();
@@ -45,13 +44,11 @@ function runRequestDecoder(chunks: readonly Buffer[], options: RequestDecoderOpt
     }
   };
   let total = 0;
-  for (const chunk of chunks) {
-    chunk.copy(readBuffer);
-    decoder.push(readBuffer.subarray(0, chunk.length));
-    total += chunk.length;
-    pull(pullLimit, chunk.length);
+  for (const read of inOneReadBuffer(chunks)) {
+    decoder.push(read);
+    total += read.length;
+    pull(pullLimit, read.length);
     decoder.own();
-    readBuffer.fill(0xee);
   }
   pull(Infinity, total);
   return events;

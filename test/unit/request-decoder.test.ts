@@ -2,7 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { Decode, RequestDecoder, tokenize, type RequestDecoderOptions } from '../../src/common/protocol/request-decoder.js';
 import { TEXT_REST } from '../../src/common/commands/table.js';
 import { DEFAULT_LIMITS, type Limits } from '../../src/common/limits.js';
-import { allFeedings, byteByByte, splitAt, whole, type Feeding } from './chunking.js';
+import { allFeedings, byteByByte, inOneReadBuffer, splitAt, whole, type Feeding } from './chunking.js';
 
 type Event =
   | { kind: 'request'; args: string[]; resp: boolean }
@@ -25,11 +25,8 @@ function decode(chunks: readonly Buffer[], options: RequestDecoderOptions = { te
   const decoder = new RequestDecoder(options);
   const events: Event[] = [];
   let maxBufferedAfterNext = 0;
-  const readBuffer = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
-  for (const chunk of chunks) {
-    readBuffer.fill(0xee);
-    chunk.copy(readBuffer);
-    decoder.push(readBuffer.subarray(0, chunk.length));
+  for (const read of inOneReadBuffer(chunks)) {
+    decoder.push(read);
     for (;;) {
       const status = decoder.next();
       if (status === Decode.NeedMore) break;
@@ -316,17 +313,16 @@ describe('RequestDecoder: bounds', () => {
     const value = Buffer.alloc(4 * 1024 * 1024, 0x76);
     const frame = Buffer.concat([Buffer.from(`*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$${value.length}\r\n`), value, Buffer.from('\r\n')]);
     const decoder = new RequestDecoder();
-    const readBuffer = Buffer.alloc(64 * 1024);
+    const reads: Buffer[] = [];
+    for (let at = 0; at < frame.length; at += 64 * 1024) reads.push(frame.subarray(at, at + 64 * 1024));
     const from = vi.spyOn(Buffer, 'from');
     let copied = 0;
     let args: string[] = [];
     try {
-      for (let at = 0; at < frame.length; at += readBuffer.length) {
-        const n = frame.copy(readBuffer, 0, at);
-        decoder.push(readBuffer.subarray(0, n));
+      for (const read of inOneReadBuffer(reads)) {
+        decoder.push(read);
         if (decoder.next() === Decode.Request) args = decoder.args.map((a) => (a.length > 16 ? `${a.length} bytes of ${a.every((b) => b === 0x76) ? 'v' : '?'}` : a.toString()));
         decoder.own();
-        readBuffer.fill(0xee);
       }
       for (const call of from.mock.calls) copied += (call[0] as Buffer).length;
     } finally {
