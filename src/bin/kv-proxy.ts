@@ -70,8 +70,6 @@ try {
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
     logger: log,
   });
-  // The handler first: a script that waits for the banner and then sends SIGTERM must find it
-  // installed (before, a signal in between took Node's default action and killed the process).
   onShutdownSignal(async (signal) => {
     log.info({ signal }, 'shutting down');
     await proxy.close();

@@ -85,8 +85,6 @@ try {
     walPreallocate: opts.walPreallocate,
     logger: log,
   });
-  // The handler first: a script that waits for the banner and then sends SIGTERM must find it
-  // installed (before, a signal in between took Node's default action and killed the process).
   onShutdownSignal(async (signal) => {
     log.info({ signal }, 'shutting down: draining pending writes');
     await server.close();

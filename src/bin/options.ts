@@ -62,7 +62,11 @@ export function strict(program: Command): Command {
   return program.showHelpAfterError('(run with --help for usage)').allowExcessArguments(false);
 }
 
-/** Run `stop` once on SIGINT/SIGTERM; a second signal exits at once. */
+/**
+ * Run `stop` once on SIGINT/SIGTERM; a second signal exits at once. Install it before printing
+ * the banner: a script that waits for the banner and then sends SIGTERM must find it in place
+ * (a signal in between would get Node's default action and kill the process).
+ */
 export function onShutdownSignal(stop: (signal: string) => Promise<void>): void {
   let stopping = false;
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
