@@ -69,8 +69,11 @@ function expectOk(reply: Reply, what: string): Reply {
   return reply;
 }
 
-/** Move every key whose owner differs between `from` and `to`. Updates `progress` as it goes. */
-export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, progress: MigrationProgress, batchKeys = DEFAULT_BATCH_KEYS, maxKeysPerSec = DEFAULT_MIGRATE_RATE): Promise<void> {
+/**
+ * Move every key whose owner differs between `from` and `to`. Updates `progress` as it goes.
+ * `batchKeys` and `maxKeysPerSec` are the proxy's settings (Membership holds their defaults).
+ */
+export async function migrate(pool: BackendPool, from: HashRing, to: HashRing, progress: MigrationProgress, batchKeys: number, maxKeysPerSec: number): Promise<void> {
   const moved = from.movedTo(to).filter((r) => r.from !== '');
   const bySource = new Map<string, MovedRange[]>();
   for (const r of moved) {
