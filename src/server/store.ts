@@ -51,6 +51,17 @@ function copyInto(target: Buffer, source: Uint8Array, at: number): void {
   for (let i = 0; i < n; i++) target[at + i] = source[i]!;
 }
 
+/**
+ * A key's ring hash as the store works with it: the same 32 bits, read as a signed integer.
+ * V8 keeps a signed 32-bit value as a small integer; half of all unsigned hashes are not one,
+ * and code optimized while it had seen only small ones (a fresh target importing a source's
+ * keys in hash order sees the low half first) is thrown away and compiled again when the
+ * first large one arrives. Shard selection (`>>>`) and probing (`&`) give the same results.
+ */
+function hashOf(key: Uint8Array): number {
+  return hashBytes(key) | 0;
+}
+
 /** The index size for `entries` keys at most half full: `from`, doubled as often as needed. */
 function indexCapacity(entries: number, from: number): number {
   let capacity = from;
@@ -72,6 +83,10 @@ class Shard {
   }
   u32(off: number): number {
     return this.view.getUint32(off, true);
+  }
+  /** The entry's hash as the index keeps it: signed 32 bits (see hashOf). */
+  hashAt(off: number): number {
+    return this.view.getInt32(off, true);
   }
   used = 0;
   garbage = 0;
@@ -273,7 +288,7 @@ class Shard {
     const off = this.used;
     const arena = this.buf;
     const view = this.view;
-    view.setUint32(off, hash >>> 0, true);
+    view.setInt32(off, hash, true);
     view.setUint32(off + 4, value === null ? (key.length | TOMB) >>> 0 : key.length, true);
     view.setUint32(off + 8, value === null ? 0 : value.length, true);
     copyInto(arena, key, off + HEADER);
@@ -443,7 +458,7 @@ export class ShardedStore {
 
   /** A view of the value (valid until the next write; copy it to keep it), or undefined. */
   get(key: Uint8Array): Buffer | undefined {
-    const hash = hashBytes(key);
+    const hash = hashOf(key);
     const shard = this.shardOf(hash);
     const slot = shard.find(key, hash);
     if (slot < 0) {
@@ -456,7 +471,7 @@ export class ShardedStore {
   }
 
   state(key: Uint8Array): KeyState {
-    const hash = hashBytes(key);
+    const hash = hashOf(key);
     const shard = this.shardOf(hash);
     const slot = shard.find(key, hash);
     if (slot < 0) {
@@ -488,7 +503,7 @@ export class ShardedStore {
    * it is not stored, readDependency says which pending group the refusal rests on.
    */
   insertIfAbsent(key: Uint8Array, value: Uint8Array, epoch = 0): boolean {
-    const hash = hashBytes(key);
+    const hash = hashOf(key);
     const shard = this.shardOf(hash);
     const slot = shard.find(key, hash);
     if (slot >= 0) {
@@ -504,7 +519,7 @@ export class ShardedStore {
 
   /** Delete; true if a live value was there. */
   delete(key: Uint8Array, epoch = 0): boolean {
-    const hash = hashBytes(key);
+    const hash = hashOf(key);
     const shard = this.shardOf(hash);
     const slot = shard.find(key, hash);
     if (slot < 0) return false;
@@ -529,7 +544,7 @@ export class ShardedStore {
 
   /** Replace `key`'s entry with a new one (value, or a tombstone for null). */
   private write(key: Uint8Array, value: Uint8Array | null, epoch: number): void {
-    const hash = hashBytes(key);
+    const hash = hashOf(key);
     const shard = this.shardOf(hash);
     const slot = shard.find(key, hash);
     const old = slot < 0 ? -1 : shard.slots[slot]! - 1;
@@ -716,7 +731,7 @@ export class ShardedStore {
         this.revive(shard, old);
       } else {
         // The key was new in this group: take it out of the index again.
-        const slot = shard.find(shard.key(fresh), shard.u32(fresh));
+        const slot = shard.find(shard.key(fresh), shard.hashAt(fresh));
         if (slot >= 0) shard.unplace(slot);
       }
       undone++;
@@ -730,7 +745,7 @@ export class ShardedStore {
     shard.setDead(off, false);
     shard.garbage -= shard.size(off);
     this.admit(shard, off);
-    shard.place(Buffer.from(shard.key(off)), shard.u32(off), off);
+    shard.place(Buffer.from(shard.key(off)), shard.hashAt(off), off);
   }
 
   private maybeCompact(): void {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { encodeRespReply, encodeRespRequest, ReplyDecoder, writeRespReply, writeRespRequest } from '../../src/common/protocol/resp.js';
+import { bulkLength, encodeRespReply, encodeRespRequest, ReplyDecoder, writeBulk, writeRespReply, writeRespRequest } from '../../src/common/protocol/resp.js';
 import { Decode, RequestDecoder } from '../../src/common/protocol/request-decoder.js';
 import { ByteSink } from '../../src/common/protocol/byte-sink.js';
 import { array, bulk, error, int, NIL, OK, PONG, simple, type Reply } from '../../src/common/protocol/reply.js';
@@ -223,6 +223,23 @@ describe('encodeRespRequest -> RequestDecoder round trip', () => {
     const expected = requests.map((args) => args.map((a) => (typeof a === 'string' ? Buffer.from(a, 'utf8') : a)));
     for (const feeding of allFeedings(wire)) {
       expect(decodeRequests(feeding.chunks), feeding.name).toEqual(expected);
+    }
+  });
+});
+
+describe('bulkLength / writeBulk (encoders that size their output first)', () => {
+  it('writes what writeRespReply writes for a bulk string, in exactly bulkLength bytes, at any offset', () => {
+    // Every length where the digit count changes, and binary content.
+    for (const n of [0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 65_535, 65_536, 1_000_000]) {
+      const data = Buffer.alloc(n);
+      for (let i = 0; i < n; i++) data[i] = (i * 31 + 7) & 0xff;
+      const expected = encodeRespReply(bulk(data));
+      expect(bulkLength(n), `length ${n}`).toBe(expected.length);
+      const out = Buffer.alloc(3 + expected.length + 3, 0xee);
+      const end = writeBulk(out, 3, data);
+      expect(end, `length ${n}`).toBe(3 + expected.length);
+      expect(out.subarray(3, end).equals(expected), `length ${n}`).toBe(true);
+      expect([...out.subarray(0, 3), ...out.subarray(end)], 'nothing written outside its room').toEqual([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
     }
   });
 });

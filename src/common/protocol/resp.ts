@@ -6,6 +6,7 @@ import { ByteSink } from './byte-sink.js';
 import { DEFAULT_LIMITS, type Limits } from '../limits.js';
 
 const CR = 0x0d;
+const LF = 0x0a;
 
 export function writeRespReply(out: ByteSink, reply: Reply): void {
   switch (reply.type) {
@@ -44,6 +45,37 @@ export function writeRespRequest(out: ByteSink, args: readonly (Buffer | string)
       out.latin1(`$${arg.length}\r\n`).bytes(arg).latin1('\r\n');
     }
   }
+}
+
+function digitCount(n: number): number {
+  let digits = 1;
+  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  return digits;
+}
+
+/** Bytes of `$<n>\r\n<n bytes>\r\n`: a bulk string of `n` bytes. */
+export function bulkLength(n: number): number {
+  return digitCount(n) + n + 5;
+}
+
+/**
+ * Write `data` as a bulk string into `out` at `at`, which must have bulkLength(data.length)
+ * bytes of room there (no check); returns the offset after it. For encoders that size their
+ * output first.
+ */
+export function writeBulk(out: Buffer, at: number, data: Uint8Array): number {
+  const n = data.length;
+  const digits = digitCount(n);
+  out[at] = 0x24; // '$'
+  for (let rest = n, i = at + digits; i > at; i--, rest = Math.floor(rest / 10)) out[i] = 0x30 + (rest % 10);
+  let end = at + digits + 1;
+  out[end] = CR;
+  out[end + 1] = LF;
+  out.set(data, end + 2);
+  end += 2 + n;
+  out[end] = CR;
+  out[end + 1] = LF;
+  return end + 2;
 }
 
 export function encodeRespRequest(args: readonly (Buffer | string)[]): Buffer {
