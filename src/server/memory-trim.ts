@@ -8,12 +8,13 @@
 //   allocates nothing, so that GC never comes. This was most of the excess: after loading
 //   1M x 100 B, RSS stayed at 247-254 MB; with this, it is 206-209 MB from ~8 s after the load
 //   on (redis-server: 190-194 MB).
-// - Arenas grown 1.5x at a time and indexes doubled: up to a third unused. Pages never written
-//   cost no RSS, so this is little (after the 1M load, ~14 MB spare of which ~4 MB resident),
+// - Arenas and indexes doubled as they grow: up to half unused. Pages never written cost no
+//   RSS, so this is little (measured with 1.5x arena growth: after the 1M load, ~14 MB spare
+//   of which ~4 MB resident),
 //   but trimming is cheap and leaves the store as a replay leaves it.
 //
 // What stays: glibc keeps ~15 MB of freed early arenas and indexes in its brk heap (free but
-// resident; the 1.5x growth frees mmapped arenas, which raises glibc's mmap threshold, so
+// resident; each growth frees an mmapped arena, which raises glibc's mmap threshold, so
 // later mid-size allocations come from the brk heap). Only malloc_trim() or a fixed threshold
 // (GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072: ~8 MB less here) would return it.
 //
