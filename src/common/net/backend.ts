@@ -21,6 +21,12 @@ export interface SlotTarget {
   complete(slot: number, reply: Reply): void;
 }
 
+/** Hand a reply to whoever waits for it: a callback, or a slot of a client connection. */
+function deliver(target: SlotTarget | ReplyCallback, slot: number, reply: Reply): void {
+  if (typeof target === 'function') target(reply);
+  else target.complete(slot, reply);
+}
+
 export type Health = 'up' | 'down' | 'connecting' | 'idle';
 
 export interface BackendOptions {
@@ -78,20 +84,12 @@ export class Backend {
 
   /** Send a request whose reply fills `slot` of `target`. */
   sendToSlot(args: readonly (Buffer | string)[], target: SlotTarget, slot: number): void {
-    if (!this.ready()) {
-      target.complete(slot, error(this.unavailable));
-      return;
-    }
-    this.enqueue(args, target, slot);
+    this.submit(args, target, slot);
   }
 
   /** Send a request and get its reply through a callback. */
   send(args: readonly (Buffer | string)[], callback: ReplyCallback): void {
-    if (!this.ready()) {
-      callback(error(this.unavailable));
-      return;
-    }
-    this.enqueue(args, callback, 0);
+    this.submit(args, callback, 0);
   }
 
   /** Promise form, for the migration and admin paths (not the request hot path). */
@@ -101,10 +99,13 @@ export class Backend {
 
   /** Send one request that is already RESP-encoded (a migration batch made by the source). */
   callEncoded(request: Buffer): Promise<Reply> {
-    return new Promise((resolve) => {
-      if (!this.ready()) resolve(error(this.unavailable));
-      else this.enqueue(request, resolve, 0);
-    });
+    return new Promise((resolve) => this.submit(request, resolve, 0));
+  }
+
+  /** Queue a request, or answer it at once with an error if the node cannot be reached now. */
+  private submit(request: readonly (Buffer | string)[] | Buffer, target: SlotTarget | ReplyCallback, slot: number): void {
+    if (this.ready()) this.enqueue(request, target, slot);
+    else deliver(target, slot, error(this.unavailable));
   }
 
   private enqueue(request: readonly (Buffer | string)[] | Buffer, target: SlotTarget | ReplyCallback, slot: number): void {
@@ -209,8 +210,7 @@ export class Backend {
     const slot = this.slots[this.head]!;
     this.targets[this.head] = null;
     this.head++;
-    if (typeof target === 'function') target(reply);
-    else target.complete(slot, reply);
+    deliver(target, slot, reply);
     return true;
   };
 
@@ -257,11 +257,7 @@ export class Backend {
     this.sentAt = [];
     this.head = 0;
     const failure = error(this.unavailable);
-    for (let i = head; i < targets.length; i++) {
-      const t = targets[i]!;
-      if (typeof t === 'function') t(failure);
-      else t.complete(slots[i]!, failure);
-    }
+    for (let i = head; i < targets.length; i++) deliver(targets[i]!, slots[i]!, failure);
     if (head === targets.length && this.lastError === 'connection closed' && wasUp) {
       // The node closed an idle connection (e.g. its --timeout): nothing failed, so the next
       // request simply reconnects, with no backoff and no "down" state.
