@@ -1,12 +1,13 @@
 // npm run bench:rebalance — how fast ADD and REMOVE move data, and what they cost live traffic.
 //
 // 3 servers + proxy, 1M keys with 100-byte values (KEYS env to change; CLIENTS, BASELINE_MS,
-// MIGRATE_BATCH, MIGRATE_RATE too), then:
-//   1. baseline: 50 closed-loop clients (90% GET / 10% SET) for a few seconds;
-//   2. ADD a 4th node under the same load: keys moved per second, load throughput vs
-//      baseline, p50/p99 latency during the move;
-//   3. REMOVE a node, the same.
-// Prints numbers only; not part of npm test.
+// MIGRATE_BATCH, MIGRATE_RATE, ROUNDS too), then 50 closed-loop clients (90% GET / 10% SET)
+// and, ROUNDS times (1 by default):
+//   1. ADD the spare (4th) node, 2. REMOVE the oldest member, which becomes the spare.
+// Each move is compared with the load measured just before it (BASELINE_MS), under the same
+// ring: keys moved per second, the load's throughput as a share of that, p50/p99 latency
+// during the move. With ROUNDS > 1 it ends with medians, and how many moves met both targets
+// of issue 3 (>= 100k keys/s, >= 50% of the load kept). Prints numbers only; not part of npm test.
 import { closedLoop, percentile, pipelined, type LoadStats } from './load.js';
 import { cpuMs, machineBusy, machineCpu, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
 import { ProxyConnection } from '../src/client/connection.js';
@@ -14,6 +15,7 @@ import { ProxyConnection } from '../src/client/connection.js';
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
 const CLIENTS = Number(process.env.CLIENTS ?? 50);
 const BASELINE_MS = Number(process.env.BASELINE_MS ?? 3000);
+const ROUNDS = Math.max(1, Number(process.env.ROUNDS ?? 1));
 const VALUE = 'v'.repeat(100);
 
 function summary(w: LoadStats, ms: number): string {
@@ -67,35 +69,80 @@ const load = closedLoop(proxy.port, CLIENTS, (c, i) => {
   return (i + c) % 10 === 0 ? ['SET', k, VALUE] : ['GET', k];
 });
 await new Promise((r) => setTimeout(r, 500));
-load.window();
-const baseCpu = [...[proxy, ...servers].map(cpuMs), selfCpuMs()];
-const baseMachine = machineCpu();
-await new Promise((r) => setTimeout(r, BASELINE_MS));
-const base = load.window();
-const baseRate = base.ops / (BASELINE_MS / 1000);
-console.log(`baseline (${CLIENTS} clients, 90% GET): ${summary(base, BASELINE_MS)}`);
-console.log(`  CPU used: ${cpuUsed([proxy, ...servers], baseCpu)}; machine busy ${machineBusy(baseMachine, machineCpu())}`);
 
-async function measure(label: string, args: string[]): Promise<void> {
+interface MoveResult {
+  kind: 'ADD' | 'REMOVE';
+  keysPerSec: number;
+  kept: number;
+  p99Ms: number;
+}
+
+/** The load's throughput over BASELINE_MS, as it is right now (the move's "before"). */
+async function baseline(label: string): Promise<number> {
+  load.window();
+  const cpuBefore = [...[proxy, ...servers].map(cpuMs), selfCpuMs()];
+  const machineBefore = machineCpu();
+  await new Promise((r) => setTimeout(r, BASELINE_MS));
+  const w = load.window();
+  console.log(`baseline before ${label} (${CLIENTS} clients, 90% GET): ${summary(w, BASELINE_MS)}`);
+  console.log(`  CPU used: ${cpuUsed([proxy, ...servers], cpuBefore)}; machine busy ${machineBusy(machineBefore, machineCpu())}`);
+  return w.ops / (BASELINE_MS / 1000);
+}
+
+async function measure(kind: MoveResult['kind'], label: string, node: Proc): Promise<MoveResult> {
+  const baseRate = await baseline(label);
   const procs = [proxy, ...servers];
   load.window();
   const cpuBefore = [...procs.map(cpuMs), selfCpuMs()];
   const machineBefore = machineCpu();
   const start = performance.now();
-  const reply = await admin.send(args);
+  const reply = await admin.send([kind, `127.0.0.1:${node.port}`]);
   const ms = performance.now() - start;
   const cpu = `${cpuUsed(procs, cpuBefore)}; machine busy ${machineBusy(machineBefore, machineCpu())}`;
   const w = load.window();
   const text = reply.type === 'simple' ? reply.value : reply.type === 'error' ? reply.message : '?';
   const moved = Number(/moved=(\d+)/.exec(text)?.[1] ?? 0);
+  const keysPerSec = Math.round(moved / (ms / 1000));
+  const kept = (w.ops / (ms / 1000) / baseRate) * 100;
+  const p99Ms = percentile(w.latenciesUs.sort((a, b) => a - b), 99) / 1000;
   console.log(`${label}: ${text}`);
-  console.log(`  moved ${moved} keys in ${(ms / 1000).toFixed(2)} s = ${Math.round(moved / (ms / 1000))} keys/s`);
-  console.log(`  load during the move: ${summary(w, ms)} (${((w.ops / (ms / 1000) / baseRate) * 100).toFixed(0)}% of baseline)`);
+  console.log(`  moved ${moved} keys in ${(ms / 1000).toFixed(2)} s = ${keysPerSec} keys/s`);
+  console.log(`  load during the move: ${summary(w, ms)} (${kept.toFixed(0)}% of baseline)`);
   console.log(`  CPU used during the move (load included): ${cpu}`);
+  if (reply.type === 'error') throw new Error(`${label} failed: ${text}`);
+  return { kind, keysPerSec, kept, p99Ms };
 }
 
-await measure('ADD 4th node', ['ADD', `127.0.0.1:${servers[3]!.port}`]);
-await measure('REMOVE a node', ['REMOVE', `127.0.0.1:${servers[0]!.port}`]);
+// Members in the order they joined; the one not in the ring is the spare.
+const members = servers.slice(0, 3);
+let spare = servers[3]!;
+const results: MoveResult[] = [];
+for (let round = 1; round <= ROUNDS; round++) {
+  const tag = ROUNDS > 1 ? ` (round ${round})` : '';
+  results.push(await measure('ADD', `ADD 4th node${tag}`, spare));
+  members.push(spare);
+  const leaving = members.shift()!;
+  results.push(await measure('REMOVE', `REMOVE a node${tag}`, leaving));
+  spare = leaving;
+}
+
+if (ROUNDS > 1) {
+  const median = (xs: number[]): number => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  };
+  console.log(`\nover ${ROUNDS} rounds (targets: >= 100000 keys/s and >= 50% of the load kept):`);
+  for (const kind of ['ADD', 'REMOVE'] as const) {
+    const r = results.filter((x) => x.kind === kind);
+    const met = r.filter((x) => x.keysPerSec >= 100_000 && x.kept >= 50).length;
+    const range = (xs: number[], digits = 0): string => `${Math.min(...xs).toFixed(digits)}-${Math.max(...xs).toFixed(digits)}`;
+    console.log(
+      `  ${kind}: keys/s median ${Math.round(median(r.map((x) => x.keysPerSec)))} (${range(r.map((x) => x.keysPerSec))}), ` +
+        `load kept median ${median(r.map((x) => x.kept)).toFixed(0)}% (${range(r.map((x) => x.kept))}%), ` +
+        `p99 ${range(r.map((x) => x.p99Ms), 1)} ms, both targets met in ${met} of ${r.length}`,
+    );
+  }
+}
 load.stop();
 const size = await admin.send(['DBSIZE']);
 console.log(`DBSIZE after: ${size.type === 'int' ? size.value : JSON.stringify(size)} (expected ${KEYS})`);
