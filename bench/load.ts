@@ -15,6 +15,12 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/** The middle value (the upper of the two for an even count; NaN for none): what the benches report. */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)]!;
+}
+
 /** Run until `stop()` is called; `next(i)` makes the i-th request of a connection. */
 export function closedLoop(port: number, clients: number, next: (conn: number, i: number) => (string | Buffer)[]) {
   const stats: LoadStats = { ops: 0, errors: 0, latenciesUs: [], firstError: '' };

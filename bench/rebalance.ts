@@ -8,7 +8,7 @@
 // ring: keys moved per second, the load's throughput as a share of that, p50/p99 latency
 // during the move. With ROUNDS > 1 it ends with medians, and how many moves met both targets
 // of issue 3 (>= 100k keys/s, >= 50% of the load kept). Prints numbers only; not part of npm test.
-import { closedLoop, percentile, pipelined, type LoadStats } from './load.js';
+import { closedLoop, median, percentile, pipelined, type LoadStats } from './load.js';
 import { cpuMs, machineBusy, machineCpu, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
@@ -18,8 +18,9 @@ const BASELINE_MS = Number(process.env.BASELINE_MS ?? 3000);
 const ROUNDS = Math.max(1, Number(process.env.ROUNDS ?? 1));
 const VALUE = 'v'.repeat(100);
 
+/** Throughput, p50/p99 and errors of a window from takeWindow() (its latencies sorted). */
 function summary(w: LoadStats, ms: number): string {
-  const sorted = w.latenciesUs.sort((a, b) => a - b);
+  const sorted = w.latenciesUs;
   return `${Math.round(w.ops / (ms / 1000))} ops/s, p50 ${(percentile(sorted, 50) / 1000).toFixed(2)} ms, p99 ${(percentile(sorted, 99) / 1000).toFixed(2)} ms, errors ${w.errors}${w.firstError ? ` (${w.firstError})` : ''}`;
 }
 
@@ -70,6 +71,13 @@ const load = closedLoop(proxy.port, CLIENTS, (c, i) => {
 });
 await new Promise((r) => setTimeout(r, 500));
 
+/** The load's window since the last call, latencies sorted once for every percentile taken of them. */
+function takeWindow(): LoadStats {
+  const w = load.window();
+  w.latenciesUs.sort((a, b) => a - b);
+  return w;
+}
+
 interface MoveResult {
   kind: 'ADD' | 'REMOVE';
   keysPerSec: number;
@@ -83,7 +91,7 @@ async function baseline(label: string): Promise<number> {
   const cpuBefore = [...[proxy, ...servers].map(cpuMs), selfCpuMs()];
   const machineBefore = machineCpu();
   await new Promise((r) => setTimeout(r, BASELINE_MS));
-  const w = load.window();
+  const w = takeWindow();
   console.log(`baseline before ${label} (${CLIENTS} clients, 90% GET): ${summary(w, BASELINE_MS)}`);
   console.log(`  CPU used: ${cpuUsed([proxy, ...servers], cpuBefore)}; machine busy ${machineBusy(machineBefore, machineCpu())}`);
   return w.ops / (BASELINE_MS / 1000);
@@ -99,12 +107,12 @@ async function measure(kind: MoveResult['kind'], label: string, node: Proc): Pro
   const reply = await admin.send([kind, `127.0.0.1:${node.port}`]);
   const ms = performance.now() - start;
   const cpu = `${cpuUsed(procs, cpuBefore)}; machine busy ${machineBusy(machineBefore, machineCpu())}`;
-  const w = load.window();
+  const w = takeWindow();
   const text = reply.type === 'simple' ? reply.value : reply.type === 'error' ? reply.message : '?';
   const moved = Number(/moved=(\d+)/.exec(text)?.[1] ?? 0);
   const keysPerSec = Math.round(moved / (ms / 1000));
   const kept = (w.ops / (ms / 1000) / baseRate) * 100;
-  const p99Ms = percentile(w.latenciesUs.sort((a, b) => a - b), 99) / 1000;
+  const p99Ms = percentile(w.latenciesUs, 99) / 1000;
   console.log(`${label}: ${text}`);
   console.log(`  moved ${moved} keys in ${(ms / 1000).toFixed(2)} s = ${keysPerSec} keys/s`);
   console.log(`  load during the move: ${summary(w, ms)} (${kept.toFixed(0)}% of baseline)`);
@@ -127,10 +135,6 @@ for (let round = 1; round <= ROUNDS; round++) {
 }
 
 if (ROUNDS > 1) {
-  const median = (xs: number[]): number => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-  };
   console.log(`\nover ${ROUNDS} rounds (targets: >= 100000 keys/s and >= 50% of the load kept):`);
   for (const kind of ['ADD', 'REMOVE'] as const) {
     const r = results.filter((x) => x.kind === kind);

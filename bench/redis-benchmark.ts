@@ -17,7 +17,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import { atExit, freePort, startProxy, startServer, tempDir, type Proc } from './cluster.js';
-import { pipelined } from './load.js';
+import { median, pipelined } from './load.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 2);
@@ -31,11 +31,6 @@ const PEER_REDIS_PORT = 7101;
 
 function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)]!;
 }
 
 interface Run {

@@ -12,17 +12,13 @@ import net from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
 import { MAGIC, RecordBatch, RecordType } from '../src/server/wal-format.js';
 import { freePort, startServer, tempDir } from './cluster.js';
+import { median } from './load.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const VALUE = 'v'.repeat(100);
 const key = (i: number): string => `key:${String(i).padStart(10, '0')}`;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 function writeWal(file: string): void {
   const fd = fs.openSync(file, 'w');
