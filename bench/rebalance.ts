@@ -1,7 +1,7 @@
 // npm run bench:rebalance — how fast ADD and REMOVE move data, and what they cost live traffic.
 //
 // 3 servers + proxy, 1M keys with 100-byte values (KEYS env to change; CLIENTS, BASELINE_MS,
-// MIGRATE_BATCH, MIGRATE_RATE, ROUNDS too), then 50 closed-loop clients (90% GET / 10% SET)
+// MIGRATE_BATCH, MIGRATE_RATE, WARMUP_KEYS, ROUNDS too), then 50 closed-loop clients (90% GET / 10% SET)
 // and, ROUNDS times (1 by default):
 //   1. ADD the spare (4th) node, 2. REMOVE the oldest member, which becomes the spare.
 // Each move is compared with the load measured just before it (BASELINE_MS), under the same
@@ -40,7 +40,9 @@ function cpuUsed(procs: readonly Proc[], before: (number | undefined)[]): string
 }
 
 const dir = tempDir('kv-bench-rebalance-');
-const servers = await Promise.all([0, 1, 2, 3].map(() => startServer(dir)));
+// WARMUP_KEYS=n: kv-server --warmup-keys n (0: a fresh node takes its first move cold).
+const serverArgs = process.env.WARMUP_KEYS ? ['--warmup-keys', process.env.WARMUP_KEYS] : [];
+const servers = await Promise.all([0, 1, 2, 3].map(() => startServer(dir, undefined, serverArgs)));
 // MIGRATE_BATCH=n: kv-proxy --migrate-batch n (keys per IMPORT; the proxy's default otherwise).
 // MIGRATE_RATE=n: kv-proxy --migrate-rate n (most keys moved per second; 0: no limit; the
 // proxy's default otherwise).
@@ -64,6 +66,15 @@ function* loadRequests(): Generator<string[]> {
 }
 const loadErrors = await pipelined(proxy.port, loadRequests(), 64);
 console.log(`loaded in ${((performance.now() - t) / 1000).toFixed(1)} s (${loadErrors} errors)`);
+
+// A fresh node warms itself up once idle (kv-server --warmup-keys); say whether the spare did.
+{
+  const spare = new ProxyConnection('127.0.0.1', servers[3]!.port, 10_000);
+  const info = await spare.send(['INFO', 'stats']);
+  spare.close();
+  const text = info.type === 'bulk' && info.value !== null ? info.value.toString() : '';
+  console.log(`spare node's warm-up: ${/warmup_state:(\w+)/.exec(text)?.[1] ?? '?'} (${/warmup_ms:(\d+)/.exec(text)?.[1] ?? '?'} ms)`);
+}
 
 const load = closedLoop(proxy.port, CLIENTS, (c, i) => {
   const k = `key:${Math.floor(Math.random() * KEYS)}`;

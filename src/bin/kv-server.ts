@@ -4,11 +4,12 @@ import { startServer } from '../server/server.js';
 import { DEFAULT_PREALLOCATE, FSYNC_POLICIES, WalCorruptionError, type FsyncPolicy } from '../server/wal.js';
 import { repairLog } from '../server/wal-repair.js';
 import { DEFAULT_COMPACTION } from '../server/compaction.js';
+import { DEFAULT_WARMUP_KEYS } from '../server/warm-up.js';
 import { InvalidArgumentError } from 'commander';
 import { createLogger } from '../common/logger.js';
 import { DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT } from '../common/limits.js';
 import { VERSION } from '../common/version.js';
-import { onShutdownSignal, parseSeconds, parseBytes, parseBytesOrZero, parseChoice, parseLogLevel, parsePort, parsePositiveInt, strict } from './options.js';
+import { onShutdownSignal, parseSeconds, parseBytes, parseBytesOrZero, parseChoice, parseLogLevel, parseNonNegativeInt, parsePort, parsePositiveInt, strict } from './options.js';
 import path from 'node:path';
 
 function parseRatio(value: string): number {
@@ -35,6 +36,7 @@ const program = strict(new Command('kv-server'))
   .option('--compact-min <bytes>', 'never compact a WAL smaller than this', parseBytes, DEFAULT_COMPACTION.minBytes)
   .option('--compact-ratio <n>', 'compact when the WAL is this many times the live data', parseRatio, DEFAULT_COMPACTION.ratio)
   .option('--wal-preallocate <bytes>', 'zeros written ahead of the WAL at a time (up to 16x that while it grows fast), so fsyncs overwrite instead of growing the file (0: off)', parseBytesOrZero, DEFAULT_PREALLOCATE)
+  .option('--warmup-keys <n>', 'scratch keys an empty server imports into a throwaway instance of itself once idle for a second, so its first ADD finds its code compiled (0: off)', parseNonNegativeInt(1_000_000), DEFAULT_WARMUP_KEYS)
   .option('--repair', 'cut the WAL back at its first damaged record (keeping a .broken backup), then exit')
   .option('--log-level <level>', 'fatal | error | warn | info | debug | trace | silent', parseLogLevel, 'info')
   .parse();
@@ -55,6 +57,7 @@ const opts = program.opts<{
   compactMin: number;
   compactRatio: number;
   walPreallocate: number;
+  warmupKeys: number;
   repair?: boolean;
   logLevel: string;
 }>();
@@ -83,6 +86,7 @@ try {
     limits: { maxLineBytes: opts.maxLine, maxBulkBytes: opts.maxBulk, maxArgs: opts.maxArgs },
     compaction: { minBytes: opts.compactMin, ratio: opts.compactRatio },
     walPreallocate: opts.walPreallocate,
+    warmupKeys: opts.warmupKeys,
     logger: log,
   });
   onShutdownSignal(async (signal) => {

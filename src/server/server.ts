@@ -11,6 +11,7 @@ import { RangePushes } from './range-push.js';
 import { SERVER_COMMANDS } from './commands.js';
 import { Compactor, DEFAULT_COMPACTION, type CompactionPolicy } from './compaction.js';
 import { MemoryTrim } from './memory-trim.js';
+import { DEFAULT_WARMUP_KEYS, WarmUp } from './warm-up.js';
 import type { ClientConnection, Executor, OutputGate } from '../common/net/client-connection.js';
 import { ClientListener } from '../common/net/client-listener.js';
 import { servesOn, renderInfo } from '../common/commands/introspection.js';
@@ -44,6 +45,8 @@ export interface ServerOptions {
   walSyncWrites?: boolean;
   /** Bytes of zeros written ahead of the WAL at a time (0: none); default 256 KiB. */
   walPreallocate?: number;
+  /** Scratch keys an empty server imports once it is idle, to warm up (0: none; see warm-up.ts). */
+  warmupKeys?: number;
   logger?: Logger;
 }
 
@@ -69,6 +72,7 @@ export class ServerState implements OutputGate {
   private epochWaiters: { epoch: number; resolve: (failure: string | undefined) => void }[] = [];
   replay: ReplayStats | undefined;
   compactor!: Compactor;
+  warmUp: WarmUp | undefined;
 
   constructor(
     readonly data: DurableStore,
@@ -164,6 +168,8 @@ export class ServerState implements OutputGate {
           instantaneous_ops_per_sec: this.listener.opsPerSec,
           migration_dumps_active: this.dumps.active,
           migration_pushes_active: this.pushes.active,
+          warmup_state: this.warmUp?.state ?? 'off',
+          warmup_ms: this.warmUp?.millis ?? 0,
         },
         Keyspace: { db0: `keys=${this.data.store.size},expires=0,avg_ttl=0` },
       },
@@ -270,6 +276,20 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
     gate: state,
   });
 
+  // An empty node is about to be ADDed: warm its import path up while it waits (warm-up.ts).
+  const warmUp = new WarmUp({
+    keys: options.warmupKeys ?? DEFAULT_WARMUP_KEYS,
+    dir: path.join(dir, `warmup_${port}.tmp`),
+    startScratch: (scratchDir, scratchPassword) =>
+      startServer({ port: 0, host: '127.0.0.1', dir: scratchDir, shards: options.shards, password: scratchPassword, fsync: options.fsync, maxClients: 4, walPreallocate: options.walPreallocate, warmupKeys: 0 }),
+    commands: () => listener.totalCommands,
+    isEmpty: () => data.store.size === 0 && data.store.tombstoneCount === 0,
+    log,
+    // The JIT's work stays; the heap the scratch instance grew is given back like a bulk load's.
+    onEnd: () => memoryTrim.expectSettling(),
+  });
+  state.warmUp = warmUp;
+
   let closing: Promise<void> | undefined;
   return {
     port,
@@ -283,6 +303,7 @@ export async function startServer(options: ServerOptions): Promise<ServerHandle>
         // reply already promised goes out. Phase 3: close clients and the log.
         memoryTrim.stop();
         const stopped = listener.stop();
+        await warmUp.close();
         await state.pushes.close();
         await data.wal.drain();
         listener.closeClients();
