@@ -4,19 +4,22 @@
 // IMPORTs (~100k keys/s) while it starts to serve its share of the client traffic. In a process
 // that has never run that code, V8 still has to compile it and the heap still has to grow, on
 // the same two cores the clients need. Measured with no client load (ADD of ~250k keys into a
-// fresh node, then REMOVE and ADD of the same node again): the target used 780-810 ms of CPU
-// and took ~18k page faults the first time, 540-670 ms and 6-10k the second. Under load
-// (`npm run bench:rebalance`), the first ADD of a run kept a median of 55% of the clients'
-// throughput, and the ADDs after it 60-65%; a node that had taken 100k scratch keys before its
-// first ADD kept 60-72% (docs/rebalancing.md).
+// fresh node, then REMOVE and ADD of the same node again): the target used 780-1,010 ms of CPU
+// and took ~18k page faults the first time, 540-820 ms and 6-10k the second. Under load
+// (`npm run bench:rebalance`, six alternating pairs), a first ADD into a node that had warmed up
+// as below kept 54-68% of the clients' throughput (median 56.5%) and cost that node 680-760 ms
+// of CPU, against 43-59% (median 51%) and 860-1,030 ms without (docs/rebalancing.md).
 //
 // So a server that starts empty and then sits idle for a second does that warm-up itself: it
 // starts a scratch instance of itself in the same process (loopback, a free port, a random
 // password, its WAL in warmup_<port>.tmp/ next to the real one), imports `keys` keys into it
 // over a socket the way a source does (400-key IMPORTs, two in flight), then SETs and GETs a
 // fifth of them the way clients do, closes it and deletes its directory. The scratch instance
-// runs the same functions in the same process, so what V8 compiled, and the heap and the malloc
-// arenas it grew, serve the real server afterwards. Nothing touches the real store or its WAL.
+// runs the same functions in the same process, so what V8 compiled serves the real server
+// afterwards. The heap it grew is given back as after a bulk load (server.ts: MemoryTrim):
+// keeping it gained nothing measurable under load (four alternating runs, 50-68% of the load
+// kept either way) and kept an idle empty server at 99 MB of RSS instead of 69 MB.
+// Nothing touches the real store or its WAL.
 // Any real traffic (more than a few commands) stops it at the next request; a directory left
 // by a crash during a warm-up is deleted at the next start.
 import fs from 'node:fs';
