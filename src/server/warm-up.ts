@@ -22,8 +22,10 @@
 // instead of 69 MB.
 // Nothing touches the real store or its WAL.
 // Any real traffic (more than a few commands) stops it at the next request; a directory left
-// by a crash during a warm-up is deleted at the next start.
+// by a crash during a warm-up is deleted at the next start. It needs ~20 MB of disk for a
+// moment, so it does not run on a disk with little room left: the server's own WAL comes first.
 import fs from 'node:fs';
+import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Backend } from '../common/net/backend.js';
 import type { Reply } from '../common/protocol/reply.js';
@@ -42,6 +44,10 @@ const CLIENT_WINDOW = 50;
 /** Real commands tolerated during a warm-up before it gives way (a probe is no load). */
 const REAL_COMMANDS_ALLOWED = 10;
 const VALUE = 'w'.repeat(100);
+/** Disk a scratch key may take, generously: its SET record, COMMITs, zeros written ahead. */
+const SCRATCH_BYTES_PER_KEY = 256;
+/** Free space the warm-up leaves untouched for the server itself. */
+const SPARE_DISK_BYTES = 64 * 1024 * 1024;
 
 export type WarmUpState = 'off' | 'waiting' | 'running' | 'done' | 'stopped' | 'failed' | 'skipped';
 
@@ -62,6 +68,8 @@ export interface WarmUpOptions {
   commands: () => number;
   /** Whether the real server holds no data (only an empty node warms up). */
   isEmpty: () => boolean;
+  /** Free bytes on the filesystem holding `dir`'s parent (default: statfs). */
+  freeBytes?: (dir: string) => number;
   log: Logger;
   /** Called once a warm-up that ran has ended (the server gives back the memory it grew). */
   onEnd?: () => void;
@@ -99,6 +107,13 @@ export class WarmUp {
       this.state = 'skipped';
       return;
     }
+    const needed = this.options.keys * SCRATCH_BYTES_PER_KEY + SPARE_DISK_BYTES;
+    const free = (this.options.freeBytes ?? freeDiskBytes)(path.dirname(this.options.dir));
+    if (free < needed) {
+      this.state = 'skipped';
+      this.options.log.info({ freeBytes: free, neededBytes: needed }, 'warm-up skipped: too little free disk space');
+      return;
+    }
     this.state = 'running';
     this.running = this.run();
   }
@@ -133,6 +148,15 @@ export class WarmUp {
     }
     log.info({ keys, state: this.state, ms: this.millis }, 'warm-up of the import path');
     this.options.onEnd?.();
+  }
+}
+
+function freeDiskBytes(dir: string): number {
+  try {
+    const s = fs.statfsSync(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return 0; // cannot tell: do not risk it
   }
 }
 

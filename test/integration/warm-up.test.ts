@@ -1,14 +1,22 @@
 // kv-server's warm-up (server/warm-up.ts) as an operator meets it, on the real binary: a fresh
 // server left idle imports scratch keys into a throwaway instance of itself and keeps nothing
 // (no key, no WAL byte, no file); a kill -9 in the middle leaves a scratch directory that the
-// next start removes, and no key; real traffic stops it; a server holding data never warms up.
+// next start removes, and no key; real traffic stops it; a server holding data, or on a disk with
+// little room left, never warms up.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cleanup, crash, dbsize, startServer, tempDir, TextClient, waitFor, type ProcHandle } from './harness.js';
 import { info, infoField } from './support-operator.js';
+import { mountTmpfs, unmountTmpfs } from './support-durability.js';
 
-afterAll(cleanup);
+let mounted: string | undefined;
+
+afterAll(async () => {
+  // Kill the servers before unmounting: they hold their WALs open.
+  await cleanup();
+  if (mounted !== undefined) unmountTmpfs(mounted);
+});
 
 /** The harness starts servers at --log-level warn; the warm-up's end is logged at info. */
 const LOG_INFO = ['--log-level', 'info'];
@@ -93,5 +101,19 @@ describe('warm-up of a fresh kv-server', () => {
     expect(state).toBe('skipped');
     expect(fs.readdirSync(dir)).toEqual([`wal_${s.port}.log`]);
     expect(await dbsize(s.port)).toBe(1);
+  });
+
+  it('a server on a disk with little room left does not warm up, and its own writes still fit', async () => {
+    mounted = mountTmpfs('8m');
+    const s = await startServer({ dir: mounted });
+    const state = await waitFor('the warm-up decision', 10_000, async () => {
+      const st = infoField(await info(s.port, 'stats'), 'warmup_state');
+      return st === 'waiting' ? undefined : st;
+    }, 200);
+    expect(state).toBe('skipped');
+    expect(fs.readdirSync(mounted)).toEqual([`wal_${s.port}.log`]);
+    const c = await TextClient.connect(s.port);
+    expect(await c.send(`SET after ${'x'.repeat(30_000)}`)).toBe('OK');
+    c.close();
   });
 });

@@ -64,6 +64,24 @@ describe('WarmUp', () => {
     expect(record.started).toBe(0);
   });
 
+  it('skips a disk with too little room left, starting nothing', async () => {
+    const asked: string[] = [];
+    const dataDir = tempDir('warm-up-full');
+    const { w, record } = warmUp({
+      keys: 100_000,
+      dir: path.join(dataDir, 'warmup_4.tmp'),
+      // 100,000 keys need ~25.6 MB plus the 64 MiB kept for the server: one byte short.
+      freeBytes: (dir) => {
+        asked.push(dir);
+        return 100_000 * 256 + 64 * 1024 * 1024 - 1;
+      },
+    });
+    await vi.waitFor(() => expect(w.state).not.toBe('waiting'));
+    expect(w.state).toBe('skipped');
+    expect(record.started).toBe(0);
+    expect(asked).toEqual([dataDir]);
+  });
+
   it('gives way to real traffic: it stops before its next request', async () => {
     let commands = 0;
     const record = { keys: -1, started: 0 };
