@@ -31,6 +31,14 @@ function warmUpLogged(s: ProcHandle): Promise<{ state: string; keys: number }> {
   });
 }
 
+/** The warm-up's state once it is no longer waiting (INFO polled slowly: each poll is a command). */
+function warmUpDecision(s: ProcHandle): Promise<string> {
+  return waitFor('the warm-up decision', 10_000, async () => {
+    const state = infoField(await info(s.port, 'stats'), 'warmup_state');
+    return state === 'waiting' ? undefined : state;
+  }, 200);
+}
+
 /** Until the scratch instance has written to its WAL (the warm-up is importing). */
 function warmUpRunning(s: ProcHandle): Promise<true> {
   return waitFor('the warm-up to import', 20_000, () => {
@@ -94,10 +102,7 @@ describe('warm-up of a fresh kv-server', () => {
     c.close();
     await crash(first);
     const s = await startServer({ port: first.port, dir });
-    const state = await waitFor('the warm-up decision', 10_000, async () => {
-      const st = infoField(await info(s.port, 'stats'), 'warmup_state');
-      return st === 'waiting' ? undefined : st;
-    }, 200);
+    const state = await warmUpDecision(s);
     expect(state).toBe('skipped');
     expect(fs.readdirSync(dir)).toEqual([`wal_${s.port}.log`]);
     expect(await dbsize(s.port)).toBe(1);
@@ -106,10 +111,7 @@ describe('warm-up of a fresh kv-server', () => {
   it('a server on a disk with little room left does not warm up, and its own writes still fit', async () => {
     mounted = mountTmpfs('8m');
     const s = await startServer({ dir: mounted });
-    const state = await waitFor('the warm-up decision', 10_000, async () => {
-      const st = infoField(await info(s.port, 'stats'), 'warmup_state');
-      return st === 'waiting' ? undefined : st;
-    }, 200);
+    const state = await warmUpDecision(s);
     expect(state).toBe('skipped');
     expect(fs.readdirSync(mounted)).toEqual([`wal_${s.port}.log`]);
     const c = await TextClient.connect(s.port);
