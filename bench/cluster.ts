@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { ProxyConnection } from '../src/client/connection.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin');
 
@@ -70,6 +71,17 @@ export async function startServer(dir: string, port?: number, extra: string[] = 
 export async function startProxy(dir: string, port?: number, extra: string[] = []): Promise<Proc> {
   const p = port ?? (await freePort());
   return launch(`proxy:${p}`, 'kv-proxy', ['--port', String(p), '--dir', dir, ...extra], /^--- KV Proxy\/Gateway running on Port /, p);
+}
+
+/** `INFO [section]` of a kvstore process on `port`, as text ('' if the reply is not a bulk string). */
+export async function infoText(port: number, section?: string, timeoutMs = 0): Promise<string> {
+  const conn = new ProxyConnection('127.0.0.1', port, timeoutMs);
+  try {
+    const info = await conn.send(section === undefined ? ['INFO'] : ['INFO', section]);
+    return info.type === 'bulk' && info.value ? info.value.toString() : '';
+  } finally {
+    conn.close();
+  }
 }
 
 /** CPU time (user + system) a process has used so far, in ms; undefined where /proc is missing. */

@@ -9,7 +9,7 @@
 // during the move. With ROUNDS > 1 it ends with medians, and how many moves met both targets
 // of issue 3 (>= 100k keys/s, >= 50% of the load kept). Prints numbers only; not part of npm test.
 import { closedLoop, median, percentile, pipelined, type LoadStats } from './load.js';
-import { cpuMs, machineBusy, machineCpu, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
+import { cpuMs, infoText, machineBusy, machineCpu, startProxy, startServer, stopAll, tempDir, type Proc } from './cluster.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
@@ -69,10 +69,7 @@ console.log(`loaded in ${((performance.now() - t) / 1000).toFixed(1)} s (${loadE
 
 // A fresh node warms itself up once idle (kv-server --warmup-keys); say whether the spare did.
 {
-  const spare = new ProxyConnection('127.0.0.1', servers[3]!.port, 10_000);
-  const info = await spare.send(['INFO', 'stats']);
-  spare.close();
-  const text = info.type === 'bulk' && info.value !== null ? info.value.toString() : '';
+  const text = await infoText(servers[3]!.port, 'stats', 10_000);
   console.log(`spare node's warm-up: ${/warmup_state:(\w+)/.exec(text)?.[1] ?? '?'} (${/warmup_ms:(\d+)/.exec(text)?.[1] ?? '?'} ms)`);
 }
 

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
-import { atExit, freePort, startProxy, startServer, tempDir, type Proc } from './cluster.js';
+import { atExit, freePort, infoText, startProxy, startServer, tempDir, type Proc } from './cluster.js';
 import { median, pipelined } from './load.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
@@ -66,10 +66,7 @@ async function diskWriteFsyncRate(dir: string, ms = 2000): Promise<number> {
 }
 
 async function rssOf(port: number): Promise<number> {
-  const conn = new ProxyConnection('127.0.0.1', port);
-  const info = await conn.send(['INFO', 'memory']);
-  conn.close();
-  const text = info.type === 'bulk' && info.value ? info.value.toString() : '';
+  const text = await infoText(port, 'memory');
   return Number(/used_memory_rss:(\d+)/.exec(text)?.[1] ?? NaN) / 1e6;
 }
 

@@ -11,9 +11,8 @@ import path from 'node:path';
 import net from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
 import { MAGIC, RecordBatch, RecordType } from '../src/server/wal-format.js';
-import { freePort, startServer, tempDir } from './cluster.js';
+import { freePort, infoText, startServer, tempDir } from './cluster.js';
 import { median } from './load.js';
-import { ProxyConnection } from '../src/client/connection.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -58,10 +57,7 @@ async function kvRound(dir: string, port: number): Promise<{ wallMs: number; rep
   const t = performance.now();
   const p = await startServer(dir, port);
   const wallMs = performance.now() - t;
-  const conn = new ProxyConnection('127.0.0.1', port);
-  const info = await conn.send(['INFO']);
-  conn.close();
-  const text = info.type === 'bulk' && info.value ? info.value.toString() : '';
+  const text = await infoText(port);
   const replayMs = Number(/replay_ms:(\d+)/.exec(text)?.[1] ?? NaN);
   const rssMb = Number(/used_memory_rss:(\d+)/.exec(text)?.[1] ?? NaN) / 1e6;
   p.proc.kill('SIGKILL');
