@@ -86,8 +86,13 @@ export async function infoText(port: number, section?: string, timeoutMs = 0): P
 
 /** CPU time (user + system) a process has used so far, in ms; undefined where /proc is missing. */
 export function cpuMs(p: Proc): number | undefined {
+  return p.proc.pid === undefined ? undefined : pidCpuMs(p.proc.pid);
+}
+
+/** cpuMs() for any process, e.g. one of the reference peer's. */
+export function pidCpuMs(pid: number): number | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/${p.proc.pid}/stat`, 'latin1');
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
     // Fields after the command name (which may contain spaces) start at ") ".
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in 1/100 s
@@ -136,7 +141,11 @@ process.on('exit', () => {
     }
   }
 });
-process.on('SIGINT', () => {
-  stopAll();
-  process.exit(130);
-});
+// Ctrl-C, or `timeout` sending SIGTERM: exit through the 'exit' handler above, so the hooks run
+// (the peer is stopped) and nothing started here is left behind.
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  process.on(signal, () => {
+    stopAll();
+    process.exit(code);
+  });
+}

@@ -4,7 +4,8 @@
 //  1. SET and GET through the proxy vs through twemproxy, plain (-c 50) and pipelined (-P 16),
 //     alternating A B A B (ROUNDS times) and taking medians, since this machine is shared and noisy.
 //  2. Durable SET/s at 50 clients directly against one kv-server, as a multiple of the disk's
-//     write+fdatasync rate measured here in the same run.
+//     write+fdatasync rate measured here in the same run; one of the peer's redis-servers
+//     (appendfsync always) the same way, for reference.
 //  3. RSS with KEYS keys of 100 bytes, kv-server vs redis-server: right after the load, and
 //     SETTLE_MS (12 s) later, once kv-server has given back what the load left spare.
 //  4. Restart time with those keys, kv-server vs redis-server (AOF).
@@ -13,41 +14,18 @@
 // nutcracker) is missing, kvstore is measured alone and the script says so.
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import net from 'node:net';
+import { spawn } from 'node:child_process';
 import { atExit, freePort, infoText, startProxy, startServer, tempDir, type Proc } from './cluster.js';
 import { median, pipelined } from './load.js';
+import { have, PEER, PEER_PORT, PEER_REDIS_PORTS, peerAvailable, redisBenchmark as benchmark, startPeer, stopPeer, waitForPing, type Run } from './peer.js';
 import { ProxyConnection } from '../src/client/connection.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 2);
 const REQUESTS = Number(process.env.REQUESTS ?? 200_000);
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
-const here = path.dirname(fileURLToPath(import.meta.url));
-const PEER = process.env.PEER_SCRIPT ?? path.resolve(here, '../../shared/peers/twemproxy-redis.sh');
-const PEER_PORT = 22121;
-/** The first redis-server behind the peer's twemproxy (see the peer script). */
-const PEER_REDIS_PORT = 7101;
 
-function have(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-}
-
-interface Run {
-  rps: number;
-  p50: number;
-  p99: number;
-}
-
-/** One redis-benchmark test; returns requests/s and latency percentiles (ms). */
-function redisBenchmark(port: number, test: 'set' | 'get', extra: string[], n = REQUESTS): Run {
-  const args = ['-p', String(port), '-t', test, '-r', '100000', '-n', String(n), '--csv', ...extra];
-  const out = spawnSync('redis-benchmark', args, { encoding: 'utf8', timeout: 600_000 });
-  const line = out.stdout.split('\n').find((l) => l.startsWith(`"${test.toUpperCase()}"`));
-  if (!line) throw new Error(`redis-benchmark ${args.join(' ')} gave no result:\n${out.stdout}\n${out.stderr}`);
-  const f = line.split(',').map((x) => Number(x.replace(/"/g, '')));
-  return { rps: f[1]!, p50: f[4]!, p99: f[6]! };
-}
+/** redis-benchmark with REQUESTS requests unless told otherwise. */
+const redisBenchmark = (port: number, test: 'set' | 'get', extra: string[], n = REQUESTS): Run => benchmark(port, test, extra, n);
 
 async function diskWriteFsyncRate(dir: string, ms = 2000): Promise<number> {
   const file = path.join(dir, 'fsync-probe');
@@ -90,23 +68,6 @@ function* loadRequests(): Generator<string[]> {
   }
 }
 
-async function waitForPing(port: number): Promise<void> {
-  for (const until = Date.now() + 120_000; Date.now() < until; ) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1');
-      s.once('error', () => resolve(false));
-      s.once('connect', () => s.write('PING\r\n'));
-      s.once('data', (d) => {
-        s.destroy();
-        resolve(d.toString().includes('PONG'));
-      });
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`port ${port} never answered`);
-}
-
 const rows: [string, string, string, string, string][] = [];
 const row = (measure: string, kv: string, peer: string, ratio: string, target: string): void => {
   rows.push([measure, kv, peer, ratio, target]);
@@ -117,8 +78,8 @@ if (!have('redis-benchmark')) {
   console.error('redis-benchmark is not installed (apt-get install -y redis-tools); nothing to measure.');
   process.exit(1);
 }
-const peerAvailable = have('redis-server') && have('nutcracker') && fs.existsSync(PEER);
-if (!peerAvailable) console.log(`the reference peer is not available (needs redis-server, nutcracker and ${PEER}): benchmarking kvstore alone`);
+const withPeer = peerAvailable();
+if (!withPeer) console.log(`the reference peer is not available (needs redis-server, nutcracker and ${PEER}): benchmarking kvstore alone`);
 
 const dir = tempDir('kv-bench-');
 const servers: Proc[] = [await startServer(dir), await startServer(dir)];
@@ -127,40 +88,10 @@ const admin = new ProxyConnection('127.0.0.1', proxy.port);
 for (const s of servers) await admin.send(['ADD', `127.0.0.1:${s.port}`]);
 admin.close();
 const peerDir = tempDir('kv-bench-peer-');
-if (peerAvailable) {
-  spawnSync('bash', [PEER, 'stop', peerDir]);
-  const started = spawnSync('bash', [PEER, 'start', peerDir], { encoding: 'utf8' });
-  if (started.status !== 0) throw new Error(`peer failed to start: ${started.stderr}`);
-}
+if (withPeer) startPeer(peerDir);
 atExit(() => {
-  if (peerAvailable) stopPeer(peerDir);
+  if (withPeer) stopPeer(peerDir);
 });
-
-/**
- * The peer script's stop only signals its processes; wait (up to 5 s) until they are gone, so
- * that their last log lines are written before the directory is removed.
- */
-function stopPeer(peerDir: string): void {
-  const pids = ['redis-7101.pid', 'redis-7102.pid', 'nutcracker.pid'].flatMap((f) => {
-    try {
-      return [Number(fs.readFileSync(path.join(peerDir, f), 'utf8').trim())];
-    } catch {
-      return [];
-    }
-  });
-  spawnSync('bash', [PEER, 'stop', peerDir]);
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  const pause = new Int32Array(new SharedArrayBuffer(4));
-  const deadline = performance.now() + 5000;
-  while (pids.some(alive) && performance.now() < deadline) Atomics.wait(pause, 0, 0, 20);
-}
 
 console.log(`\n1. redis-benchmark -t set,get -r 100000 -c 50 -n ${REQUESTS}, plain and -P 16, alternating A B (${ROUNDS} rounds)`);
 for (const [label, extra] of [
@@ -172,19 +103,27 @@ for (const [label, extra] of [
     const peer: Run[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       kv.push(redisBenchmark(proxy.port, test, [...extra]));
-      if (peerAvailable) peer.push(redisBenchmark(PEER_PORT, test, [...extra]));
+      if (withPeer) peer.push(redisBenchmark(PEER_PORT, test, [...extra]));
     }
     const k = median(kv.map((x) => x.rps));
     const p = median(peer.map((x) => x.rps));
-    row(`${test.toUpperCase()} ${label} (req/s)`, k.toFixed(0), peerAvailable ? p.toFixed(0) : 'n/a', peerAvailable ? `${(k / p).toFixed(2)}x` : 'n/a', '>= 1.0x (min 0.7x)');
-    row(`${test.toUpperCase()} ${label} p50/p99 (ms)`, `${median(kv.map((x) => x.p50)).toFixed(3)}/${median(kv.map((x) => x.p99)).toFixed(3)}`, peerAvailable ? `${median(peer.map((x) => x.p50)).toFixed(3)}/${median(peer.map((x) => x.p99)).toFixed(3)}` : 'n/a', '', 'report');
+    row(`${test.toUpperCase()} ${label} (req/s)`, k.toFixed(0), withPeer ? p.toFixed(0) : 'n/a', withPeer ? `${(k / p).toFixed(2)}x` : 'n/a', '>= 1.0x (min 0.7x)');
+    row(`${test.toUpperCase()} ${label} p50/p99 (ms)`, `${median(kv.map((x) => x.p50)).toFixed(3)}/${median(kv.map((x) => x.p99)).toFixed(3)}`, withPeer ? `${median(peer.map((x) => x.p50)).toFixed(3)}/${median(peer.map((x) => x.p99)).toFixed(3)}` : 'n/a', '', 'report');
   }
 }
 
-console.log('\n2. durable SET/s at 50 clients on one kv-server vs the disk write+fdatasync rate');
+console.log(`\n2. durable SET/s at 50 clients on one kv-server vs the disk write+fdatasync rate, and one of the peer's redis-servers (appendfsync always) for reference, alternating (${ROUNDS} rounds)`);
 const diskRate = await diskWriteFsyncRate(dir);
-const direct = redisBenchmark(servers[0]!.port, 'set', ['-c', '50'], Math.min(REQUESTS, 100_000));
-row('durable SET/s, 50 clients, one server', direct.rps.toFixed(0), `disk ${diskRate.toFixed(0)} write+fsync/s`, `${(direct.rps / diskRate).toFixed(1)}x`, '>= 10x the disk rate');
+const kvDirect: number[] = [];
+const redisDirect: number[] = [];
+for (let r = 0; r < ROUNDS; r++) {
+  kvDirect.push(redisBenchmark(servers[0]!.port, 'set', ['-c', '50'], Math.min(REQUESTS, 100_000)).rps);
+  if (withPeer) redisDirect.push(redisBenchmark(PEER_REDIS_PORTS[0], 'set', ['-c', '50'], Math.min(REQUESTS, 100_000)).rps);
+}
+const perDisk = (rps: number): string => `${(rps / diskRate).toFixed(1)}x`;
+const disk = `disk ${diskRate.toFixed(0)} write+fsync/s`;
+row('durable SET/s, 50 clients, one server', median(kvDirect).toFixed(0), disk, perDisk(median(kvDirect)), '>= 10x the disk rate');
+if (withPeer) row('peer: durable SET/s, 50 clients, one redis-server', median(redisDirect).toFixed(0), disk, perDisk(median(redisDirect)), 'reference');
 
 console.log(`\n3-4. ${KEYS} keys x 100 B: RSS and restart time, kv-server vs redis-server`);
 const memDir = tempDir('kv-bench-mem-');
@@ -236,13 +175,13 @@ for (let r = 0; r < ROUNDS; r++) {
 }
 const overheadUs = (median(viaProxy) - median(directly)) * 1000;
 row('GET p50, 1 client (ms)', `${median(viaProxy).toFixed(3)} via proxy`, `${median(directly).toFixed(3)} direct`, `+${overheadUs.toFixed(0)} us`, '<= +100 us');
-if (peerAvailable) {
+if (withPeer) {
   // The same measure for the peer, in the same minute: what a C proxy adds on this machine.
   const viaTwemproxy: number[] = [];
   const redisDirect: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     viaTwemproxy.push(redisBenchmark(PEER_PORT, 'get', ['-c', '1'], 20_000).p50);
-    redisDirect.push(redisBenchmark(PEER_REDIS_PORT, 'get', ['-c', '1'], 20_000).p50);
+    redisDirect.push(redisBenchmark(PEER_REDIS_PORTS[0], 'get', ['-c', '1'], 20_000).p50);
   }
   const peerUs = (median(viaTwemproxy) - median(redisDirect)) * 1000;
   row('peer: GET p50, 1 client (ms)', `${median(viaTwemproxy).toFixed(3)} via twemproxy`, `${median(redisDirect).toFixed(3)} redis direct`, `+${peerUs.toFixed(0)} us`, 'reference');
