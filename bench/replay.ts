@@ -8,11 +8,11 @@
 // Runs alternate kvstore / redis, ROUNDS times; medians are printed.
 import fs from 'node:fs';
 import path from 'node:path';
-import net from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
 import { MAGIC, RecordBatch, RecordType } from '../src/server/wal-format.js';
 import { freePort, infoText, startServer, tempDir } from './cluster.js';
 import { median } from './load.js';
+import { waitForPing } from './peer.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -33,24 +33,6 @@ function writeWal(file: string): void {
     }
   }
   fs.closeSync(fd);
-}
-
-async function waitForPing(port: number, deadlineMs = 120_000): Promise<void> {
-  const until = Date.now() + deadlineMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1');
-      s.once('error', () => resolve(false));
-      s.once('connect', () => s.write('*1\r\n$4\r\nPING\r\n'));
-      s.once('data', (d) => {
-        s.destroy();
-        resolve(d.toString().startsWith('+PONG'));
-      });
-    });
-    if (ok) return;
-    if (Date.now() > until) throw new Error(`port ${port} never answered PING`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 async function kvRound(dir: string, port: number): Promise<{ wallMs: number; replayMs: number; rssMb: number }> {
