@@ -4,7 +4,7 @@ import path from 'node:path';
 import { HashRing, DEFAULT_VNODES } from '../common/ring.js';
 import { LATER, LATER_EXCLUSIVE, type Answer, type ClientConnection, type Executor } from '../common/net/client-connection.js';
 import { ClientListener } from '../common/net/client-listener.js';
-import { clientReply, commandReply, configReply, helpReply, renderInfo, selectReply, servesOn } from '../common/commands/introspection.js';
+import { clientReply, commandReply, configReply, helpReply, processInfo, renderInfo, selectReply, servesOn } from '../common/commands/introspection.js';
 import type { CommandSpec } from '../common/commands/table.js';
 import { bulk, error, PONG, type Reply } from '../common/protocol/reply.js';
 import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
@@ -154,20 +154,17 @@ class ProxyExecutor implements Executor {
       if (typeof count === 'number') total += count;
       cluster[`node${i++}`] = `${node.address},health=${node.health === 'idle' ? 'up' : node.health},keys=${count},share=${((shares.get(node.address) ?? 0) * 100).toFixed(2)}`;
     }
-    const mem = process.memoryUsage();
     const text = renderInfo(
       {
-        Server: {
-          kvstore_version: VERSION,
-          redis_version: '7.0.0-compatible',
+        ...processInfo({
           role: 'kv-proxy',
-          process_id: process.pid,
-          tcp_port: this.settings.port,
-          uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
-          node_version: process.version,
-        },
-        Clients: { connected_clients: this.listener.clients.size, maxclients: this.settings.maxClients, client_reads: this.listener.readMode },
-        Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
+          version: VERSION,
+          port: this.settings.port,
+          startedAt: this.startedAt,
+          connectedClients: this.listener.clients.size,
+          maxClients: this.settings.maxClients,
+          clientReads: this.listener.readMode,
+        }),
         Persistence: { loading: 0 },
         Stats: {
           total_connections_received: this.listener.totalConnections,

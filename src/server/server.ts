@@ -14,7 +14,7 @@ import { MemoryTrim } from './memory-trim.js';
 import { DEFAULT_WARMUP_KEYS, WarmUp } from './warm-up.js';
 import type { ClientConnection, Executor, OutputGate } from '../common/net/client-connection.js';
 import { ClientListener } from '../common/net/client-listener.js';
-import { servesOn, renderInfo } from '../common/commands/introspection.js';
+import { processInfo, servesOn, renderInfo } from '../common/commands/introspection.js';
 import { DEFAULT_LIMITS, type Limits } from '../common/limits.js';
 import { PasswordCheck } from '../common/auth.js';
 import { silentLogger, type Logger } from '../common/logger.js';
@@ -130,20 +130,17 @@ export class ServerState implements OutputGate {
 
   info(section?: string): string {
     const wal = this.data.wal;
-    const mem = process.memoryUsage();
     return renderInfo(
       {
-        Server: {
-          kvstore_version: this.version,
-          redis_version: '7.0.0-compatible',
+        ...processInfo({
           role: 'kv-server',
-          process_id: process.pid,
-          tcp_port: this.options.port,
-          uptime_in_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
-          node_version: process.version,
-        },
-        Clients: { connected_clients: this.listener.clients.size, maxclients: this.options.maxClients, client_reads: this.listener.readMode },
-        Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
+          version: this.version,
+          port: this.options.port,
+          startedAt: this.startedAt,
+          connectedClients: this.listener.clients.size,
+          maxClients: this.options.maxClients,
+          clientReads: this.listener.readMode,
+        }),
         Persistence: {
           loading: 0,
           aof_enabled: 1,

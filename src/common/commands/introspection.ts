@@ -106,7 +106,39 @@ export function helpReply(args: Buffer[], side: Side): Reply {
 }
 
 /** Render INFO sections (`# Name` then `key:value` lines) as Redis does. */
-export function renderInfo(sections: Record<string, Record<string, string | number>>, only?: string): string {
+export type InfoSections = Record<string, Record<string, string | number>>;
+
+/** What a process tells about itself in INFO. */
+export interface ProcessInfo {
+  role: 'kv-server' | 'kv-proxy';
+  version: string;
+  port: number;
+  startedAt: number;
+  connectedClients: number;
+  maxClients: number;
+  /** How client sockets are read (ClientListener.readMode). */
+  clientReads: string;
+}
+
+/** The INFO sections every kvstore process has, kv-server and kv-proxy alike: Server, Clients, Memory. */
+export function processInfo(p: ProcessInfo): InfoSections {
+  const mem = process.memoryUsage();
+  return {
+    Server: {
+      kvstore_version: p.version,
+      redis_version: '7.0.0-compatible',
+      role: p.role,
+      process_id: process.pid,
+      tcp_port: p.port,
+      uptime_in_seconds: Math.floor((Date.now() - p.startedAt) / 1000),
+      node_version: process.version,
+    },
+    Clients: { connected_clients: p.connectedClients, maxclients: p.maxClients, client_reads: p.clientReads },
+    Memory: { used_memory: mem.heapUsed + mem.external, used_memory_rss: mem.rss },
+  };
+}
+
+export function renderInfo(sections: InfoSections, only?: string): string {
   const wanted = only?.toLowerCase();
   const out: string[] = [];
   for (const [name, fields] of Object.entries(sections)) {
