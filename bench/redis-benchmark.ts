@@ -114,16 +114,16 @@ for (const [label, extra] of [
 
 console.log(`\n2. durable SET/s at 50 clients on one kv-server vs the disk write+fdatasync rate, and one of the peer's redis-servers (appendfsync always) for reference, alternating (${ROUNDS} rounds)`);
 const diskRate = await diskWriteFsyncRate(dir);
-const kvDirect: number[] = [];
-const redisDirect: number[] = [];
+const kvDurable: number[] = [];
+const redisDurable: number[] = [];
 for (let r = 0; r < ROUNDS; r++) {
-  kvDirect.push(redisBenchmark(servers[0]!.port, 'set', ['-c', '50'], Math.min(REQUESTS, 100_000)).rps);
-  if (withPeer) redisDirect.push(redisBenchmark(PEER_REDIS_PORTS[0], 'set', ['-c', '50'], Math.min(REQUESTS, 100_000)).rps);
+  kvDurable.push(redisBenchmark(servers[0]!.port, 'set', ['-c', '50'], Math.min(REQUESTS, 100_000)).rps);
+  if (withPeer) redisDurable.push(redisBenchmark(PEER_REDIS_PORTS[0], 'set', ['-c', '50'], Math.min(REQUESTS, 100_000)).rps);
 }
 const perDisk = (rps: number): string => `${(rps / diskRate).toFixed(1)}x`;
 const disk = `disk ${diskRate.toFixed(0)} write+fsync/s`;
-row('durable SET/s, 50 clients, one server', median(kvDirect).toFixed(0), disk, perDisk(median(kvDirect)), '>= 10x the disk rate');
-if (withPeer) row('peer: durable SET/s, 50 clients, one redis-server', median(redisDirect).toFixed(0), disk, perDisk(median(redisDirect)), 'reference');
+row('durable SET/s, 50 clients, one server', median(kvDurable).toFixed(0), disk, perDisk(median(kvDurable)), '>= 10x the disk rate');
+if (withPeer) row('peer: durable SET/s, 50 clients, one redis-server', median(redisDurable).toFixed(0), disk, perDisk(median(redisDurable)), 'reference');
 
 console.log(`\n3-4. ${KEYS} keys x 100 B: RSS and restart time, kv-server vs redis-server`);
 const memDir = tempDir('kv-bench-mem-');

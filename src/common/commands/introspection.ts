@@ -105,7 +105,7 @@ export function helpReply(args: Buffer[], side: Side): Reply {
   return bulk(Buffer.from(specs.map((s) => `${s.usage.padEnd(width)}  ${s.summary}`).join('\n') + '\n'));
 }
 
-/** Render INFO sections (`# Name` then `key:value` lines) as Redis does. */
+/** INFO as sections of `key: value` fields, in the order they are printed. */
 export type InfoSections = Record<string, Record<string, string | number>>;
 
 /** What a process tells about itself in INFO. */
@@ -138,6 +138,7 @@ export function processInfo(p: ProcessInfo): InfoSections {
   };
 }
 
+/** Render INFO sections (`# Name` then `key:value` lines) as Redis does. */
 export function renderInfo(sections: InfoSections, only?: string): string {
   const wanted = only?.toLowerCase();
   const out: string[] = [];
