@@ -12,7 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { MAGIC, RecordBatch, RecordType } from '../src/server/wal-format.js';
 import { freePort, infoText, startServer, tempDir } from './cluster.js';
 import { median } from './load.js';
-import { waitForPing } from './peer.js';
+import { have, waitForPing } from './peer.js';
 
 const KEYS = Number(process.env.KEYS ?? 1_000_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -45,10 +45,6 @@ async function kvRound(dir: string, port: number): Promise<{ wallMs: number; rep
   p.proc.kill('SIGKILL');
   await new Promise((r) => p.proc.once('exit', r));
   return { wallMs, replayMs, rssMb };
-}
-
-function haveRedis(): boolean {
-  return spawnSync('redis-server', ['--version']).status === 0 && spawnSync('redis-cli', ['--version']).status === 0;
 }
 
 async function redisPrepare(dir: string, port: number): Promise<void> {
@@ -86,7 +82,7 @@ console.log(`writing a WAL of ${KEYS} keys x ${VALUE.length} B ...`);
 writeWal(path.join(kvDir, `wal_${kvPort}.log`));
 console.log(`WAL size: ${(fs.statSync(path.join(kvDir, `wal_${kvPort}.log`)).size / 1e6).toFixed(1)} MB`);
 
-const redis = haveRedis();
+const redis = have('redis-server') && have('redis-cli');
 const redisDir = tempDir('kv-bench-replay-redis-');
 const redisPort = await freePort();
 if (redis) {
